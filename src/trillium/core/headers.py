@@ -1,0 +1,191 @@
+"""HTTP header fields: a case-insensitive, multi-valued mapping, and the header
+grammars the WebSocket handshake uses (RFC 6455 §4.3, §9.1).
+
+    >>> h = Headers([("Connection", "keep-alive"), ("connection", "Upgrade")])
+    >>> h["CONNECTION"]
+    'keep-alive, Upgrade'
+    >>> h.get_all("connection")
+    ['keep-alive', 'Upgrade']
+    >>> parse_tokens(h.get_all("connection"))
+    ['keep-alive', 'upgrade']
+    >>> parse_extensions(["permessage-deflate; client_max_window_bits, x-foo; a=\\"1\\""])
+    [('permessage-deflate', [('client_max_window_bits', None)]), ('x-foo', [('a', '1')])]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+
+__all__ = [
+    "ExtensionHeader",
+    "Headers",
+    "parse_extensions",
+    "parse_tokens",
+    "serialize_extensions",
+]
+
+HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]]
+ExtensionHeader = tuple[str, list[tuple[str, str | None]]]
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_SPACE = re.compile(r"[ \t]*")
+
+
+class Headers(MutableMapping[str, str]):
+    """Header fields in the order received, looked up without regard to case.
+
+    ``h[name]`` joins repeated fields with ", " (RFC 9110 §5.3); ``get_all`` keeps them
+    apart; ``h[name] = value`` appends a field, as HTTP allows repeats.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: HeadersLike | None = None) -> None:
+        self._items: list[tuple[str, str]] = []
+        if items is not None:
+            self.update(items)
+
+    def update(self, items: HeadersLike | None = None, /, **kwargs: str) -> None:  # type: ignore[override]
+        """Append every field of ``items`` (a mapping or (name, value) pairs)."""
+        if isinstance(items, Mapping):
+            pairs: Iterable[tuple[str, str]] = items.items()
+        else:
+            pairs = items or ()
+        for name, value in pairs:
+            self._items.append((name, value))
+        for name, value in kwargs.items():
+            self._items.append((name, value))
+
+    def __getitem__(self, name: str) -> str:
+        values = self.get_all(name)
+        if not values:
+            raise KeyError(name)
+        return ", ".join(values)
+
+    def __setitem__(self, name: str, value: str) -> None:
+        self._items.append((name, value))
+
+    def __delitem__(self, name: str) -> None:
+        lower = name.lower()
+        kept = [(k, v) for k, v in self._items if k.lower() != lower]
+        if len(kept) == len(self._items):
+            raise KeyError(name)
+        self._items = kept
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        lower = name.lower()
+        return any(k.lower() == lower for k, _ in self._items)
+
+    def __iter__(self) -> Iterator[str]:
+        seen: set[str] = set()
+        for k, _ in self._items:
+            lower = k.lower()
+            if lower not in seen:
+                seen.add(lower)
+                yield lower
+
+    def __len__(self) -> int:
+        return len({k.lower() for k, _ in self._items})
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Headers):
+            return [(k.lower(), v) for k, v in self._items] == [
+                (k.lower(), v) for k, v in other._items
+            ]
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of the field ``name``, in order (empty list if absent)."""
+        lower = name.lower()
+        return [v for k, v in self._items if k.lower() == lower]
+
+    def raw_items(self) -> list[tuple[str, str]]:
+        """The fields as received or added, with their original case and order."""
+        return list(self._items)
+
+    def copy(self) -> Headers:
+        return Headers(self._items)
+
+
+def parse_tokens(values: Iterable[str]) -> list[str]:
+    """Split comma-separated token lists (e.g. Connection, Upgrade), lowercased."""
+    tokens = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if item:
+                tokens.append(item.lower())
+    return tokens
+
+
+def parse_list(values: Iterable[str]) -> list[str]:
+    """Split comma-separated lists keeping case (e.g. Sec-WebSocket-Protocol)."""
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def parse_extensions(values: Iterable[str]) -> list[ExtensionHeader]:
+    """Parse Sec-WebSocket-Extensions values (RFC 6455 §9.1) into (name, params).
+
+    Raises ValueError on a malformed header. Quoted parameter values are unquoted.
+    """
+    result: list[ExtensionHeader] = []
+    for value in values:
+        pos = 0
+        n = len(value)
+        while True:
+            pos = _SPACE.match(value, pos).end()  # type: ignore[union-attr]
+            if pos >= n:
+                break
+            if value[pos] == ",":
+                pos += 1
+                continue
+            match = _TOKEN.match(value, pos)
+            if match is None:
+                raise ValueError(f"expected an extension name at {pos} in {value!r}")
+            name = match.group()
+            pos = _SPACE.match(value, match.end()).end()  # type: ignore[union-attr]
+            params: list[tuple[str, str | None]] = []
+            while pos < n and value[pos] == ";":
+                pos = _SPACE.match(value, pos + 1).end()  # type: ignore[union-attr]
+                match = _TOKEN.match(value, pos)
+                if match is None:
+                    raise ValueError(f"expected a parameter name at {pos} in {value!r}")
+                pname = match.group()
+                pvalue: str | None = None
+                pos = _SPACE.match(value, match.end()).end()  # type: ignore[union-attr]
+                if pos < n and value[pos] == "=":
+                    pos = _SPACE.match(value, pos + 1).end()  # type: ignore[union-attr]
+                    match = _TOKEN.match(value, pos)
+                    if match is not None:
+                        pvalue = match.group()
+                    else:
+                        quoted = _QUOTED.match(value, pos)
+                        if quoted is None:
+                            raise ValueError(f"expected a parameter value at {pos} in {value!r}")
+                        pvalue = re.sub(r"\\(.)", r"\1", quoted.group(1))
+                        # RFC 6455 §9.1: a quoted value must still be a token once unquoted.
+                        if _TOKEN.fullmatch(pvalue) is None:
+                            raise ValueError(f"quoted value {pvalue!r} is not a token")
+                        match = quoted
+                    pos = _SPACE.match(value, match.end()).end()  # type: ignore[union-attr]
+                params.append((pname, pvalue))
+            result.append((name, params))
+            if pos < n and value[pos] != ",":
+                raise ValueError(f"unexpected {value[pos]!r} at {pos} in {value!r}")
+    return result
+
+
+def serialize_extensions(extensions: Iterable[ExtensionHeader]) -> str:
+    """The inverse of parse_extensions, for one Sec-WebSocket-Extensions header."""
+    parts = []
+    for name, params in extensions:
+        items = [name] + [k if v is None else f"{k}={v}" for k, v in params]
+        parts.append("; ".join(items))
+    return ", ".join(parts)
