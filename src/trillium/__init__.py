@@ -1,10 +1,33 @@
 """trillium: a trio-native WebSocket library (RFC 6455, RFC 7692).
 
-The sans-I/O framing core lives in ``trillium.core``; the faces (trio, asyncio,
-blocking, ASGI) build on it.
+::
+
+    import trio, trillium
+
+    async def echo(ws):
+        async for message in ws:
+            await ws.send(message)
+
+    async def main():
+        async with trillium.serve(echo, "127.0.0.1", 8765):
+            async with trillium.connect("ws://127.0.0.1:8765") as ws:
+                await ws.send("Hello")
+                assert await ws.recv() == "Hello"
+
+    trio.run(main)
+
+The sans-I/O framing core lives in ``trillium.core``; the connection manager in
+``trillium.connection``; the faces (trio, asyncio, blocking, ASGI) build on them.
 """
 
+__version__ = "0.1.0"
+
+from .auth import basic_auth
+from .broadcast import broadcast
+from .client import ClientConnection, connect, run_client, unix_connect
+from .connection import Connection
 from .core import Close, CloseCode, Headers, Request, Response, State
+from .server import ServerConnection, WebSocketServer, serve, unix_serve
 from .exceptions import (
     ConcurrencyError,
     ConnectionClosed,
@@ -24,15 +47,15 @@ from .exceptions import (
     WebSocketException,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "ClientConnection",
     "Close",
     "CloseCode",
     "ConcurrencyError",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
+    "Connection",
     "ConnectionError",
     "Headers",
     "InvalidHandshake",
@@ -47,7 +70,16 @@ __all__ = [
     "ProtocolError",
     "Request",
     "Response",
+    "ServerConnection",
     "State",
     "WebSocketException",
+    "WebSocketServer",
     "__version__",
+    "basic_auth",
+    "broadcast",
+    "connect",
+    "run_client",
+    "serve",
+    "unix_connect",
+    "unix_serve",
 ]

@@ -59,6 +59,7 @@ __all__ = [
     "accept_key",
     "generate_key",
     "select_subprotocol",
+    "serialize_response",
 ]
 
 #: The fixed GUID of RFC 6455 §1.3, appended to the client's key before hashing.
@@ -301,6 +302,7 @@ class ServerHandshake:
     def __init__(self, *, max_header_size: int = MAX_HEADER_SIZE) -> None:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
         self.request: Request | None = None
+        self.response: Response | None = None
         #: Bytes received after the request head: the first frames, for the protocol.
         self.trailing_data = b""
 
@@ -379,7 +381,22 @@ class ServerHandshake:
         extensions: Sequence[ExtensionHeader] = (),
         headers: HeadersLike | None = None,
     ) -> bytes:
-        """The 101 response bytes accepting ``request``.
+        """The 101 response bytes accepting ``request`` (see ``accept_response``)."""
+        return serialize_response(
+            self.accept_response(
+                request, subprotocol=subprotocol, extensions=extensions, headers=headers
+            )
+        )
+
+    def accept_response(
+        self,
+        request: Request,
+        *,
+        subprotocol: str | None = None,
+        extensions: Sequence[ExtensionHeader] = (),
+        headers: HeadersLike | None = None,
+    ) -> Response:
+        """The 101 Response accepting ``request``, for the caller to adjust and serialize.
 
         ``subprotocol`` must be one the client offered (see ``select_subprotocol``),
         ``extensions`` the accepted extensions with their response parameters.
@@ -401,13 +418,7 @@ class ServerHandshake:
         if headers is not None:
             response_headers.update(headers)
         self.response = Response(101, "Switching Protocols", response_headers)
-        return self._h11.send(
-            h11.InformationalResponse(
-                status_code=101,
-                reason=b"Switching Protocols",
-                headers=_encode_headers(response_headers),
-            )
-        ) or b""
+        return self.response
 
     def reject(
         self,
@@ -416,7 +427,17 @@ class ServerHandshake:
         body: bytes = b"",
         reason_phrase: str | None = None,
     ) -> bytes:
-        """The bytes of any non-101 response (with Content-Length and Connection: close)."""
+        """The bytes of any non-101 response (see ``reject_response``)."""
+        return serialize_response(self.reject_response(status_code, headers, body, reason_phrase))
+
+    def reject_response(
+        self,
+        status_code: int,
+        headers: HeadersLike | None = None,
+        body: bytes = b"",
+        reason_phrase: str | None = None,
+    ) -> Response:
+        """A non-101 Response, completed with Content-Length and Connection: close."""
         response_headers = Headers(headers)
         if "Content-Length" not in response_headers:
             response_headers["Content-Length"] = str(len(body))
@@ -425,9 +446,9 @@ class ServerHandshake:
         if "Content-Type" not in response_headers and body:
             response_headers["Content-Type"] = "text/plain; charset=utf-8"
         if reason_phrase is None:
-            reason_phrase = _REASONS.get(status_code, "")
+            reason_phrase = REASON_PHRASES.get(status_code, "")
         self.response = Response(status_code, reason_phrase, response_headers, body)
-        return _serialize_response(self.response)
+        return self.response
 
     def reject_invalid(self, exc: InvalidHandshake) -> bytes:
         """The response to an invalid upgrade: 426 for the version, 400 otherwise."""
@@ -444,8 +465,8 @@ def _bad_header(name: str, headers: Headers) -> InvalidHeader:
     return exc
 
 
-def _serialize_response(response: Response) -> bytes:
-    """Serialize a complete response; written by hand so any status code can be sent."""
+def serialize_response(response: Response) -> bytes:
+    """Serialize a complete response head and body (any status code, any headers)."""
     lines = [f"HTTP/1.1 {response.status_code} {response.reason_phrase}".rstrip()]
     for name, value in response.headers.raw_items():
         if any(c in name + value for c in "\r\n\0") or not name:
@@ -455,7 +476,7 @@ def _serialize_response(response: Response) -> bytes:
     return head.encode("latin-1") + response.body
 
 
-_REASONS = {
+REASON_PHRASES = {
     200: "OK",
     301: "Moved Permanently",
     302: "Found",

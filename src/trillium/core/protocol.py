@@ -293,6 +293,10 @@ class Protocol:
         self._outgoing.clear()
         return data
 
+    def can_send_message(self) -> bool:
+        """Whether a new message may start now: OPEN, and no fragmented message under way."""
+        return self.state is State.OPEN and self._out_opcode is None
+
     def send_text(self, data: str, fin: bool = True) -> bytes:
         """Encode a text message, or one fragment of it when ``fin=False``."""
         return self._send_data(Opcode.TEXT, data.encode("utf-8"), fin)

@@ -1,0 +1,613 @@
+"""The connection manager: one task group per connection, written once for trio and asyncio.
+
+A ``Connection`` wraps a byte stream (TCP, TLS or Unix socket, through anyio, so the
+same code runs on trio and on asyncio) and a sans-I/O ``Protocol``. While it runs,
+its task group holds three tasks:
+
+- the **reader** reads from the stream, feeds the protocol, queues the messages it
+  yields for ``recv()``, and stops reading when ``max_queue`` messages wait, so TCP
+  pushes back on the peer;
+- the **writer** sends what ``send()`` and the protocol queued, joining everything
+  that piled up into one write; ``send()`` waits while more than ``write_limit``
+  bytes are buffered, so a slow reader on the other side cannot grow our memory;
+- the **keepalive** pings every ``ping_interval`` seconds and fails the connection
+  (1011) when no pong comes within ``ping_timeout``; the round trip is ``latency``.
+
+``send()`` never writes to the stream itself: it encodes the frame and appends it to
+the writer's buffer in one step with no checkpoint in between, so cancelling a
+``send()`` either drops the whole frame or none of it. Half a frame never reaches the
+wire.
+
+Connections are made by ``trillium.serve`` and ``trillium.connect``; this module is
+the part they share.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from .core.close import CloseCode
+from .core.handshake import Request, Response
+from .core.protocol import SERVER, Message, Ping, Pong, Protocol, State
+from .exceptions import (
+    ConcurrencyError,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    ProtocolError,
+)
+
+__all__ = ["Connection", "Data", "WaterMarks"]
+
+Data = str | bytes
+WaterMarks = int | tuple[int, int | None] | None
+
+logger = logging.getLogger("trillium")
+
+_STREAM_ERRORS = (
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    OSError,
+)
+
+
+def _water_marks(limit: WaterMarks, default_low_ratio: int = 4) -> tuple[int, int]:
+    """(high, low) from ``limit``, which is ``high`` or ``(high, low)`` as in websockets."""
+    if limit is None:
+        return (2**62, 2**62)
+    if isinstance(limit, tuple):
+        high, low = limit
+        if low is None:
+            low = high // default_low_ratio
+    else:
+        high, low = limit, limit // default_low_ratio
+    if not 0 <= low <= high:
+        raise ValueError(f"need 0 <= low <= high, got high={high}, low={low}")
+    return high, low
+
+
+class Connection:
+    """An open WebSocket connection: the API of websockets' ``ServerConnection`` and
+    ``ClientConnection``, on trio (and asyncio, through anyio).
+
+    Typical use, from a server handler or inside ``async with trillium.connect(...)``::
+
+        async def handler(ws):
+            async for message in ws:
+                await ws.send(message)
+
+    Attributes: ``id`` (a UUID), ``request`` and ``response`` (the opening handshake),
+    ``subprotocol``, ``state``, ``latency`` (seconds, from the last keepalive ping),
+    ``local_address``, ``remote_address``, ``close_code`` and ``close_reason``.
+    """
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        *,
+        ping_interval: float | None = 20,
+        ping_timeout: float | None = 20,
+        close_timeout: float | None = 10,
+        max_queue: WaterMarks = 16,
+        write_limit: WaterMarks = 2**15,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        read_size: int = 65536,
+    ) -> None:
+        self.id = uuid.uuid4()
+        self.stream = stream
+        self.protocol: Protocol | None = None
+        self.request: Request | None = None
+        self.response: Response | None = None
+        self.subprotocol: str | None = None
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
+        self.logger = logger if logger is not None else globals()["logger"]
+        #: Round trip of the last ping answered, in seconds (0 until one is).
+        self.latency = 0.0
+        self._read_size = read_size
+        #: Bytes read with the handshake that belong to the first frames.
+        self.initial_data = b""
+        self._queue_high, self._queue_low = _water_marks(max_queue)
+        self._write_high, self._write_low = _water_marks(write_limit)
+
+        # Incoming messages (and fragments of streamed ones) waiting for recv().
+        self._messages: deque[Message] = deque()
+        self._message_arrived: anyio.Event | None = None
+        self._queue_drained: anyio.Event | None = None
+        self._receiving = False
+        # Outgoing bytes waiting for the writer.
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._writer_wakeup = anyio.Event()
+        self._write_drained: anyio.Event | None = None
+        # Pings awaiting their pong: payload -> (time sent, event set on pong).
+        self._pings: dict[bytes, tuple[float, anyio.Event]] = {}
+        # Set once the TCP connection is closed and everything is torn down.
+        self._closed = anyio.Event()
+        self._transport_closing = False
+        self._writer_done = False
+        self._exception: BaseException | None = None
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def local_address(self) -> Any:
+        """The local address of the socket (host, port) or path."""
+        return self.stream.extra(anyio.abc.SocketAttribute.local_address, None)
+
+    @property
+    def remote_address(self) -> Any:
+        """The peer's address (host, port) or path."""
+        return self.stream.extra(anyio.abc.SocketAttribute.remote_address, None)
+
+    @property
+    def state(self) -> State:
+        """CONNECTING during the handshake, then OPEN, CLOSING and CLOSED."""
+        if self.protocol is None:
+            return State.CONNECTING
+        if self._closed.is_set():
+            return State.CLOSED
+        return self.protocol.state
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code of a closed connection (1006 without a close frame), else None."""
+        if self.protocol is None or not self._closed.is_set():
+            return None
+        rcvd = self.protocol.close_rcvd
+        return rcvd.code if rcvd is not None else CloseCode.ABNORMAL_CLOSURE
+
+    @property
+    def close_reason(self) -> str | None:
+        """The close reason of a closed connection, else None."""
+        if self.protocol is None or not self._closed.is_set():
+            return None
+        rcvd = self.protocol.close_rcvd
+        return rcvd.reason if rcvd is not None else ""
+
+    # ------------------------------------------------------------------ running
+
+    @asynccontextmanager
+    async def _running(self, protocol: Protocol) -> AsyncIterator[Connection]:
+        """Run the reader, writer and keepalive tasks for the body of the block.
+
+        On the way out the connection is closed (1000, or whatever close was
+        already under way), waiting at most ``close_timeout``; nothing outlives the
+        block.
+        """
+        self.protocol = protocol
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._reader, name=f"trillium reader {self.id}")
+            tg.start_soon(self._writer, name=f"trillium writer {self.id}")
+            if self.ping_interval is not None:
+                tg.start_soon(self._keepalive, name=f"trillium keepalive {self.id}")
+            try:
+                yield self
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.close()
+                tg.cancel_scope.cancel()
+
+    async def _reader(self) -> None:
+        protocol = self.protocol
+        assert protocol is not None
+        stream = self.stream
+        messages = self._messages
+        try:
+            while True:
+                if len(messages) >= self._queue_high:
+                    # Stop reading: the kernel buffer fills and TCP pushes back on the peer.
+                    self._queue_drained = anyio.Event()
+                    await self._queue_drained.wait()
+                    continue
+                if self.initial_data:
+                    data, self.initial_data = self.initial_data, b""
+                else:
+                    try:
+                        data = await stream.receive(self._read_size)
+                    except _STREAM_ERRORS:
+                        data = b""
+                failure: ProtocolError | None = None
+                try:
+                    events = protocol.receive_data(data)
+                except ProtocolError as exc:
+                    failure = exc
+                    events = exc.events  # type: ignore[assignment]
+                    self.logger.info("failing connection %s: %s", self.id, exc)
+                for event in events:
+                    if type(event) is Message:
+                        messages.append(event)
+                    elif type(event) is Pong:
+                        self._pong_received(event.payload)
+                    elif type(event) is Ping:
+                        pass  # the protocol queued the pong
+                if events and self._message_arrived is not None:
+                    self._message_arrived.set()
+                reply = protocol.data_to_send()
+                if reply:
+                    self._write(reply)
+                if failure is not None or not data:
+                    break
+                if protocol.state is State.CLOSED:
+                    # Closing handshake done. The server closes TCP first (RFC 6455
+                    # §7.1.1); the client waits for that, at most close_timeout.
+                    if protocol.role is SERVER:
+                        break
+                    with anyio.move_on_after(self._close_wait()):
+                        while True:
+                            try:
+                                if not await stream.receive(self._read_size):
+                                    break
+                            except _STREAM_ERRORS:
+                                break
+                    break
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._close_transport()
+
+    def _close_wait(self) -> float:
+        return self.close_timeout if self.close_timeout is not None else float("inf")
+
+    async def _writer(self) -> None:
+        """Send whatever piled up in one write; once closing, flush and close the stream."""
+        stream = self.stream
+        try:
+            while True:
+                if not self._out:
+                    if self._transport_closing:
+                        break
+                    await self._writer_wakeup.wait()
+                    self._writer_wakeup = anyio.Event()
+                    continue
+                data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+                self._out.clear()
+                try:
+                    await stream.send(data)
+                except _STREAM_ERRORS as exc:
+                    if not self._transport_closing:
+                        self.logger.debug("connection %s lost while writing: %r", self.id, exc)
+                        self._exception = exc
+                    break
+                self._out_size -= len(data)
+                if self._out_size <= self._write_low:
+                    self._wake_senders()
+        finally:
+            self._writer_done = True
+            self._out.clear()
+            self._out_size = 0
+            self._wake_senders()
+            with anyio.CancelScope(shield=True):
+                await self._abort()
+
+    def _write(self, data: bytes) -> None:
+        """Hand complete frames to the writer (no checkpoint: frames are never split)."""
+        self._out.append(data)
+        self._out_size += len(data)
+        self._writer_wakeup.set()
+
+    def _wake_senders(self) -> None:
+        if self._write_drained is not None:
+            self._write_drained.set()
+            self._write_drained = None
+
+    async def _flush(self) -> None:
+        """Wait until the writer has sent everything queued so far."""
+        while self._out_size > 0 and not self._writer_done:
+            if self._write_drained is None:
+                self._write_drained = anyio.Event()
+            await self._write_drained.wait()
+
+    async def _keepalive(self) -> None:
+        assert self.ping_interval is not None
+        while True:
+            await anyio.sleep(self.ping_interval)
+            if self.state is not State.OPEN:
+                return
+            try:
+                with anyio.fail_after(self.ping_timeout if self.ping_timeout else float("inf")):
+                    await self.ping()
+            except TimeoutError:
+                self.logger.info("connection %s: no pong within ping_timeout", self.id)
+                self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                return
+            except ConnectionClosed:
+                return
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection: send a close frame if we still can, then drop TCP.
+
+        The writer flushes the close frame and closes the stream; the reader then
+        sees the stream end and tears the rest down.
+        """
+        assert self.protocol is not None
+        if self.protocol.state is State.OPEN:
+            self._write(self.protocol.send_close(code, reason))
+        self._transport_closing = True
+        self._writer_wakeup.set()
+
+    async def _close_transport(self) -> None:
+        """Flush what is queued (at most close_timeout), close the stream, wake everyone."""
+        if not self._closed.is_set():
+            with anyio.move_on_after(self._close_wait()):
+                await self._flush()
+            await self._abort()
+            self._closed.set()
+            if self._message_arrived is not None:
+                self._message_arrived.set()
+            self._wake_senders()
+            for _, event in self._pings.values():
+                event.set()
+
+    async def _abort(self) -> None:
+        self._transport_closing = True
+        self._writer_wakeup.set()
+        try:
+            await self.stream.aclose()
+        except _STREAM_ERRORS:
+            pass
+
+    # ------------------------------------------------------------------ receiving
+
+    async def recv(self, decode: bool | None = None) -> Data:
+        """Receive the next message: ``str`` for text, ``bytes`` for binary.
+
+        Raises ConnectionClosedOK after a normal closure, ConnectionClosedError
+        otherwise, and ConcurrencyError if another task is already receiving.
+        ``decode=False`` returns text as UTF-8 bytes, ``decode=True`` binary as text.
+        """
+        parts = [frag async for frag in self._fragments()]
+        if len(parts) == 1:
+            data = parts[0]
+        elif isinstance(parts[0], str):
+            data = "".join(parts)  # type: ignore[arg-type]
+        else:
+            data = b"".join(parts)  # type: ignore[arg-type]
+        return _decode(data, decode)
+
+    async def recv_streaming(self, decode: bool | None = None) -> AsyncIterator[Data]:
+        """Receive the next message fragment by fragment, as the frames arrive.
+
+        ::
+
+            async for fragment in ws.recv_streaming():
+                ...
+        """
+        async for fragment in self._fragments():
+            yield _decode(fragment, decode)
+
+    async def _fragments(self) -> AsyncIterator[Data]:
+        if self._receiving:
+            raise ConcurrencyError("another task is already receiving a message")
+        self._receiving = True
+        try:
+            while True:
+                message = await self._next_fragment()
+                yield message.data
+                if message.final:
+                    return
+        finally:
+            self._receiving = False
+
+    async def _next_fragment(self) -> Message:
+        messages = self._messages
+        if messages:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        else:
+            while not messages:
+                if self._closed.is_set() or self.protocol is None:
+                    raise self._closed_exception()
+                self._message_arrived = anyio.Event()
+                await self._message_arrived.wait()
+                self._message_arrived = None
+        message = messages.popleft()
+        if self._queue_drained is not None and len(messages) <= self._queue_low:
+            self._queue_drained.set()
+            self._queue_drained = None
+        return message
+
+    def __aiter__(self) -> AsyncIterator[Data]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Data]:
+        """Yield messages until the connection closes; normal closure ends the loop."""
+        while True:
+            try:
+                yield await self.recv()
+            except ConnectionClosedOK:
+                return
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(
+        self,
+        message: Data | Iterable[Data] | AsyncIterable[Data],
+        text: bool | None = None,
+    ) -> None:
+        """Send a message: ``str`` as text, bytes-like as binary.
+
+        An iterable or async iterable of str or bytes is sent as one fragmented
+        message (all fragments must be the same type). ``text=True`` sends bytes as a
+        text frame (they must be UTF-8), ``text=False`` sends str as binary. Waits
+        while more than ``write_limit`` bytes are buffered. Raises ConnectionClosed
+        once the connection is closing or closed.
+        """
+        if isinstance(message, (str, bytes, bytearray, memoryview)):
+            await self._wait_for_room()
+            self._write(self._encode(message, text, True))
+            return
+        if isinstance(message, AsyncIterable):
+            iterator = aiter(message)
+            try:
+                first = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            await self._send_fragments(first, iterator, text)
+            return
+        if isinstance(message, Iterable):
+            sync_iter = iter(message)
+            try:
+                first = next(sync_iter)
+            except StopIteration:
+                return
+
+            async def as_async() -> AsyncIterator[Data]:
+                for item in sync_iter:
+                    yield item
+
+            await self._send_fragments(first, as_async(), text)
+            return
+        raise TypeError(f"cannot send {type(message).__name__}: need str, bytes or an iterable")
+
+    async def _send_fragments(
+        self, first: Data, rest: AsyncIterator[Data], text: bool | None
+    ) -> None:
+        kind = str if isinstance(first, str) else bytes
+        await self._wait_for_room()
+        self._write(self._encode(first, text, False))
+        try:
+            async for fragment in rest:
+                if not isinstance(fragment, kind if kind is str else (bytes, bytearray, memoryview)):
+                    raise TypeError("all fragments of a message must be str, or all bytes")
+                await self._wait_for_room()
+                self._write(self._encode(fragment, text, False))
+        except BaseException:
+            # Never leave a fragmented message open: it would block every later send.
+            # Fail the connection as websockets does (1011): the peer can't tell.
+            if self.protocol is not None and self.protocol.state is State.OPEN:
+                self._fail(CloseCode.INTERNAL_ERROR, "error while sending a fragmented message")
+            raise
+        self._write(self._encode("" if kind is str else b"", text, True))
+
+    def _encode(self, data: Data | bytearray | memoryview, text: bool | None, fin: bool) -> bytes:
+        protocol = self.protocol
+        if protocol is None or protocol.state is not State.OPEN or self._transport_closing:
+            raise self._closed_exception()
+        if isinstance(data, str):
+            if text is False:
+                return protocol.send_binary(data.encode("utf-8"), fin)
+            return protocol.send_text(data, fin)
+        if text:
+            return protocol.send_text(bytes(data).decode("utf-8"), fin)
+        return protocol.send_binary(data, fin)
+
+    async def _wait_for_room(self) -> None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        while self._out_size > self._write_high:
+            if self._closed.is_set() or self._transport_closing:
+                raise self._closed_exception()
+            if self._write_drained is None:
+                self._write_drained = anyio.Event()
+            await self._write_drained.wait()
+
+    async def ping(self, data: Data | None = None) -> float:
+        """Send a ping and wait for its pong; return the round trip in seconds.
+
+        ``data`` (at most 125 bytes) defaults to four random bytes. Raises
+        ConnectionClosed if the connection closes first.
+        """
+        if data is None:
+            payload = os.urandom(4)
+            while payload in self._pings:
+                payload = os.urandom(4)
+        else:
+            payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+            if payload in self._pings:
+                raise ConcurrencyError("already waiting for a pong with the same data")
+        protocol = self.protocol
+        if protocol is None or protocol.state is not State.OPEN:
+            raise self._closed_exception()
+        pong = anyio.Event()
+        sent_at = time.monotonic()
+        self._pings[payload] = (sent_at, pong)
+        self._write(protocol.send_ping(payload))
+        try:
+            await pong.wait()
+        finally:
+            self._pings.pop(payload, None)
+        if self._closed.is_set() and self.latency == 0.0:
+            raise self._closed_exception()
+        return time.monotonic() - sent_at
+
+    def _pong_received(self, payload: bytes) -> None:
+        """A pong answers its ping and every ping sent before it (RFC 6455 §5.5.3)."""
+        if payload not in self._pings:
+            return  # unsolicited pong: a heartbeat, nothing to do
+        now = time.monotonic()
+        for key in list(self._pings):
+            sent_at, event = self._pings.pop(key)
+            event.set()
+            if key == payload:
+                self.latency = now - sent_at
+                break
+
+    async def pong(self, data: Data = b"") -> None:
+        """Send an unsolicited pong (a one-way heartbeat)."""
+        protocol = self.protocol
+        if protocol is None or protocol.state is not State.OPEN:
+            raise self._closed_exception()
+        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        self._write(protocol.send_pong(payload))
+        await anyio.lowlevel.checkpoint()
+
+    # ------------------------------------------------------------------ closing
+
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Perform the closing handshake and wait for the TCP connection to close.
+
+        Waits at most ``close_timeout`` for the peer's close frame and for the TCP
+        connection to end, then drops it. Calling it again, or on a closed
+        connection, does nothing.
+        """
+        protocol = self.protocol
+        if protocol is None:
+            await self._abort()
+            self._closed.set()
+            return
+        if protocol.state is State.OPEN and not self._transport_closing:
+            self._write(protocol.send_close(code, reason))
+        with anyio.move_on_after(self._close_wait()):
+            await self._closed.wait()
+        if not self._closed.is_set():
+            self.logger.debug("connection %s: close timed out; dropping TCP", self.id)
+            await self._abort()
+            with anyio.move_on_after(1):
+                await self._closed.wait()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed (for whatever reason)."""
+        await self._closed.wait()
+
+    def _closed_exception(self) -> ConnectionClosed:
+        protocol = self.protocol
+        if protocol is None:
+            return ConnectionClosedError(None, None)
+        exc = protocol.close_exception()
+        if protocol.failure is not None:
+            exc.__cause__ = protocol.failure
+        elif self._exception is not None:
+            exc.__cause__ = self._exception
+        return exc
+
+
+def _decode(data: Data, decode: bool | None) -> Data:
+    if decode is None:
+        return data
+    if decode and isinstance(data, bytes):
+        return data.decode("utf-8")
+    if not decode and isinstance(data, str):
+        return data.encode("utf-8")
+    return data
+

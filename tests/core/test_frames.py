@@ -1,0 +1,346 @@
+"""Framing rules of RFC 6455 §5: the wire format, masking, RSV bits, opcodes, control frames."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from trillium.core.extensions import Extension
+from trillium.core.frames import Frame, FrameParser, Opcode, serialize_frame
+from trillium.core.mask import apply_mask
+from trillium.core.protocol import CLIENT, SERVER, Message, Ping, Pong, Protocol, Role
+from trillium.exceptions import PayloadTooBig, ProtocolError
+
+from ._helpers import assert_fails, peer_frame, raw_frame, sent_frames
+
+RESERVED_OPCODES = [0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF]
+CONTROL_OPCODES = [Opcode.CLOSE, Opcode.PING, Opcode.PONG]
+ROLES = [CLIENT, SERVER]
+
+
+def parse_one(data: bytes, *, masked: bool, allowed_rsv: int = 0) -> Frame:
+    parser = FrameParser(expect_masked=masked, allowed_rsv=allowed_rsv)
+    parser.feed(data)
+    frame = parser.next_frame()
+    assert frame is not None
+    assert parser.buffered == 0
+    return frame
+
+
+class ClaimRsv1(Extension):
+    """A do-nothing extension that claims RSV1 and strips it from incoming frames."""
+
+    name = "x-claim-rsv1"
+    rsv_bits = 0x40
+
+    def decode(self, frame: Frame, *, max_size: int | None) -> Frame:
+        return Frame(frame.opcode, frame.payload, frame.fin, frame.rsv & ~self.rsv_bits)
+
+    def encode(self, frame: Frame) -> Frame:
+        return Frame(frame.opcode, frame.payload, frame.fin, frame.rsv | self.rsv_bits)
+
+
+# ---------------------------------------------------------------- wire format (§5.2)
+
+
+@pytest.mark.parametrize(
+    ("size", "header"),
+    [
+        (0, b"\x82\x00"),
+        (125, b"\x82\x7d"),
+        (126, b"\x82\x7e\x00\x7e"),
+        (65535, b"\x82\x7e\xff\xff"),
+        (65536, b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+    ],
+)
+def test_sender_uses_shortest_payload_length_encoding(size: int, header: bytes) -> None:
+    """RFC 6455 §5.2: the minimal number of bytes MUST be used to encode the length."""
+    payload = bytes(size)
+    data = serialize_frame(Opcode.BINARY, payload, mask=False)
+    assert data == header + payload
+    # The protocol's own send path must use the same encoding.
+    assert Protocol(SERVER).send_binary(payload) == header + payload
+
+
+def test_serialize_sets_fin_rsv_and_opcode_bits() -> None:
+    """RFC 6455 §5.2: FIN is the high bit, then RSV1-3, then the 4-bit opcode."""
+    assert serialize_frame(Opcode.TEXT, b"", mask=False)[0] == 0x81
+    assert serialize_frame(Opcode.TEXT, b"", mask=False, fin=False)[0] == 0x01
+    assert serialize_frame(Opcode.CONTINUATION, b"", mask=False, rsv=0x40)[0] == 0xC0
+    assert serialize_frame(Opcode.PONG, b"", mask=False, rsv=0x30)[0] == 0xBA
+
+
+def test_parser_reads_every_length_encoding() -> None:
+    """RFC 6455 §5.2: 7-bit, 16-bit and 64-bit payload lengths are all readable."""
+    for size in (0, 125, 126, 65535, 65536):
+        payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        frame = parse_one(serialize_frame(Opcode.BINARY, payload, mask=False), masked=False)
+        assert frame == Frame(Opcode.BINARY, payload, True, 0)
+
+
+def test_parser_waits_for_the_whole_frame() -> None:
+    """RFC 6455 §5.2: a frame split anywhere on the stream is reassembled."""
+    data = serialize_frame(Opcode.TEXT, b"x" * 300, mask=True)
+    parser = FrameParser(expect_masked=True)
+    for byte in data[:-1]:
+        parser.feed(bytes([byte]))
+        assert parser.next_frame() is None
+    parser.feed(data[-1:])
+    assert parser.next_frame() == Frame(Opcode.TEXT, b"x" * 300, True, 0)
+    assert parser.next_frame() is None
+
+
+def test_parser_returns_every_frame_of_one_chunk() -> None:
+    """RFC 6455 §5.2: frames follow each other on the stream without separators."""
+    parser = FrameParser(expect_masked=False)
+    parser.feed(
+        serialize_frame(Opcode.TEXT, b"a", mask=False, fin=False)
+        + serialize_frame(Opcode.PING, b"p", mask=False)
+        + serialize_frame(Opcode.CONTINUATION, b"b", mask=False)
+    )
+    assert parser.next_frame() == Frame(Opcode.TEXT, b"a", False, 0)
+    assert parser.next_frame() == Frame(Opcode.PING, b"p", True, 0)
+    assert parser.next_frame() == Frame(Opcode.CONTINUATION, b"b", True, 0)
+    assert parser.next_frame() is None
+    assert parser.buffered == 0
+
+
+def test_parser_copies_a_buffer_the_caller_may_reuse() -> None:
+    """RFC 6455 §5.2: payloads are not corrupted when the read buffer is reused."""
+    parser = FrameParser(expect_masked=False)
+    data = serialize_frame(Opcode.BINARY, b"hello", mask=False)
+    buf = bytearray(data[:4])
+    parser.feed(buf)
+    buf[:] = b"\x00" * 4
+    parser.feed(memoryview(bytearray(data[4:])))
+    assert parser.next_frame() == Frame(Opcode.BINARY, b"hello", True, 0)
+
+
+def test_parser_refuses_payload_over_limit_from_the_header() -> None:
+    """RFC 6455 §10.4: a payload over the limit is refused as soon as its length is read."""
+    parser = FrameParser(expect_masked=False)
+    parser.feed(raw_frame(Opcode.BINARY, mask=False, length=1000)[:4])
+    with pytest.raises(PayloadTooBig):
+        parser.next_frame(max_payload=999)
+
+
+# ---------------------------------------------------------------- masking (§5.1, §5.3)
+
+
+def test_client_masks_every_frame_it_sends() -> None:
+    """RFC 6455 §5.1: a client MUST mask all frames that it sends to the server."""
+    client = Protocol(CLIENT)
+    data = (
+        client.send_text("t")
+        + client.send_binary(b"b", fin=False)
+        + client.send_binary(b"c")
+        + client.send_ping(b"p")
+        + client.send_pong(b"q")
+        + client.send_close(1000)
+    )
+    parser = FrameParser(expect_masked=True)
+    parser.feed(data)
+    payloads = []
+    while (frame := parser.next_frame()) is not None:
+        payloads.append(frame.payload)
+    assert payloads == [b"t", b"b", b"c", b"p", b"q", b"\x03\xe8"]
+
+
+def test_server_never_masks_frames_it_sends() -> None:
+    """RFC 6455 §5.1: a server MUST NOT mask any frames that it sends to the client."""
+    server = Protocol(SERVER)
+    data = (
+        server.send_text("t")
+        + server.send_binary(b"b")
+        + server.send_ping(b"p")
+        + server.send_pong(b"q")
+        + server.send_close(1000)
+    )
+    assert [f.payload for f in sent_frames(server, data)] == [b"t", b"b", b"p", b"q", b"\x03\xe8"]
+
+
+def test_client_uses_a_fresh_masking_key_for_each_frame() -> None:
+    """RFC 6455 §5.3: the masking key MUST be a fresh, unpredictable value per frame."""
+    client = Protocol(CLIENT)
+    keys = set()
+    for _ in range(300):  # enough to cross a refill of the key pool
+        data = client.send_binary(b"same payload")
+        key = data[2:6]
+        assert apply_mask(data[6:], key) == b"same payload"
+        keys.add(key)
+    assert len(keys) == 300
+
+
+def test_server_fails_connection_on_unmasked_frame() -> None:
+    """RFC 6455 §5.1: a server MUST close the connection on an unmasked frame (1002)."""
+    server = Protocol(SERVER)
+    assert_fails(server, raw_frame(Opcode.TEXT, b"hi", mask=False), ProtocolError, 1002)
+
+
+def test_client_fails_connection_on_masked_frame() -> None:
+    """RFC 6455 §5.1: a client MUST close the connection on a masked frame (1002)."""
+    client = Protocol(CLIENT)
+    assert_fails(client, raw_frame(Opcode.TEXT, b"hi", mask=True), ProtocolError, 1002)
+
+
+@pytest.mark.parametrize("opcode", CONTROL_OPCODES)
+def test_server_fails_connection_on_unmasked_control_frame(opcode: Opcode) -> None:
+    """RFC 6455 §5.1: the masking requirement covers control frames too (1002)."""
+    payload = b"\x03\xe8" if opcode is Opcode.CLOSE else b"x"
+    assert_fails(Protocol(SERVER), raw_frame(opcode, payload, mask=False), ProtocolError, 1002)
+
+
+# ---------------------------------------------------------------- RSV bits (§5.2)
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("rsv", [0x40, 0x20, 0x10, 0x70])
+def test_fails_connection_on_rsv_bits_without_extension(role: Role, rsv: int) -> None:
+    """RFC 6455 §5.2: nonzero RSV bits with no extension defining them MUST fail (1002)."""
+    protocol = Protocol(role)
+    assert_fails(protocol, peer_frame(protocol, Opcode.TEXT, b"hi", rsv=rsv), ProtocolError, 1002)
+
+
+def test_accepts_rsv_bit_claimed_by_negotiated_extension() -> None:
+    """RFC 6455 §5.2: RSV bits MAY be nonzero when a negotiated extension defines them."""
+    server = Protocol(SERVER, extensions=[ClaimRsv1()])
+    events = server.receive_data(peer_frame(server, Opcode.TEXT, b"hi", rsv=0x40))
+    assert events == [Message("hi")]
+    assert server.data_to_send() == b""
+
+
+def test_fails_connection_on_rsv_bit_the_extension_does_not_claim() -> None:
+    """RFC 6455 §5.2: an extension claims only its own RSV bits; others still fail (1002)."""
+    server = Protocol(SERVER, extensions=[ClaimRsv1()])
+    assert_fails(server, peer_frame(server, Opcode.TEXT, b"hi", rsv=0x20), ProtocolError, 1002)
+
+
+# ---------------------------------------------------------------- opcodes (§5.2)
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("opcode", RESERVED_OPCODES)
+def test_fails_connection_on_reserved_opcode(role: Role, opcode: int) -> None:
+    """RFC 6455 §5.2: an unknown opcode MUST fail the connection (1002)."""
+    protocol = Protocol(role)
+    assert_fails(protocol, peer_frame(protocol, opcode, b"x"), ProtocolError, 1002)
+
+
+# ---------------------------------------------------------------- control frames (§5.5)
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("opcode", CONTROL_OPCODES)
+def test_fails_connection_on_control_frame_over_125_bytes(role: Role, opcode: Opcode) -> None:
+    """RFC 6455 §5.5: control frames MUST have a payload length of 125 bytes or less (1002)."""
+    protocol = Protocol(role)
+    payload = b"\x03\xe8" + b"x" * 124 if opcode is Opcode.CLOSE else b"x" * 126
+    assert_fails(protocol, peer_frame(protocol, opcode, payload), ProtocolError, 1002)
+
+
+def test_fails_connection_on_control_frame_announcing_more_than_125_bytes() -> None:
+    """RFC 6455 §5.5: an oversized control frame fails at its header, payload unseen (1002)."""
+    server = Protocol(SERVER)
+    header = raw_frame(Opcode.PING, mask=True, length=126)[:4]
+    assert_fails(server, header, ProtocolError, 1002)
+
+
+def test_control_frame_of_125_bytes_is_accepted() -> None:
+    """RFC 6455 §5.5: a control frame payload of exactly 125 bytes is allowed."""
+    server = Protocol(SERVER)
+    payload = bytes(range(125))
+    assert server.receive_data(peer_frame(server, Opcode.PING, payload)) == [Ping(payload)]
+    assert [(f.opcode, f.payload) for f in sent_frames(server)] == [(Opcode.PONG, payload)]
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("opcode", CONTROL_OPCODES)
+def test_fails_connection_on_fragmented_control_frame(role: Role, opcode: Opcode) -> None:
+    """RFC 6455 §5.5: control frames MUST NOT be fragmented (FIN clear fails with 1002)."""
+    protocol = Protocol(role)
+    payload = b"\x03\xe8" if opcode is Opcode.CLOSE else b"x"
+    frame = peer_frame(protocol, opcode, payload, fin=False)
+    assert_fails(protocol, frame, ProtocolError, 1002)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_sending_control_frame_over_125_bytes_raises(role: Role) -> None:
+    """RFC 6455 §5.5: an endpoint never sends a control frame with more than 125 bytes."""
+    protocol = Protocol(role)
+    with pytest.raises(ValueError, match="125"):
+        protocol.send_ping(b"x" * 126)
+    with pytest.raises(ValueError, match="125"):
+        protocol.send_pong(b"x" * 126)
+    assert len(protocol.send_ping(b"x" * 125)) == 2 + (4 if role is CLIENT else 0) + 125
+
+
+# ---------------------------------------------------------------- payload length (§5.2)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_fails_connection_on_64_bit_length_with_most_significant_bit_set(role: Role) -> None:
+    """RFC 6455 §5.2: the most significant bit of a 64-bit length MUST be 0 (1002)."""
+    protocol = Protocol(role, max_size=None)
+    header = peer_frame(protocol, Opcode.BINARY, length=2**63 + 5, length_bits=64)
+    assert_fails(protocol, header, ProtocolError, 1002)
+
+
+def test_64_bit_length_with_top_bit_clear_is_read() -> None:
+    """RFC 6455 §5.2: a 64-bit length is accepted when its top bit is 0."""
+    frame = raw_frame(Opcode.BINARY, b"abc", mask=False, length_bits=64)
+    assert parse_one(frame, masked=False) == Frame(Opcode.BINARY, b"abc", True, 0)
+
+
+# ---------------------------------------------------------------- ping and pong (§5.5.2-3)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_ping_is_answered_with_pong_carrying_the_same_payload(role: Role) -> None:
+    """RFC 6455 §5.5.2-3: a ping MUST be answered by a pong with identical application data."""
+    protocol = Protocol(role)
+    events = protocol.receive_data(
+        peer_frame(protocol, Opcode.PING, b"one") + peer_frame(protocol, Opcode.PING, b"")
+    )
+    assert events == [Ping(b"one"), Ping(b"")]
+    frames = sent_frames(protocol)
+    assert [(f.opcode, f.payload) for f in frames] == [(Opcode.PONG, b"one"), (Opcode.PONG, b"")]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_unsolicited_pong_is_accepted_without_reply(role: Role) -> None:
+    """RFC 6455 §5.5.3: an unsolicited pong MAY be sent and expects no response."""
+    protocol = Protocol(role)
+    assert protocol.receive_data(peer_frame(protocol, Opcode.PONG, b"beat")) == [Pong(b"beat")]
+    assert protocol.data_to_send() == b""
+    # The connection is still fully usable afterwards.
+    assert protocol.receive_data(peer_frame(protocol, Opcode.BINARY, b"x")) == [Message(b"x")]
+
+
+def test_sending_pong_produces_an_unsolicited_pong_frame() -> None:
+    """RFC 6455 §5.5.3: a pong MAY be sent unsolicited, as a unidirectional heartbeat."""
+    server = Protocol(SERVER)
+    assert [(f.opcode, f.payload) for f in sent_frames(server, server.send_pong(b"hb"))] == [
+        (Opcode.PONG, b"hb")
+    ]
+
+
+def test_masked_payload_is_unmasked_with_the_frame_key() -> None:
+    """RFC 6455 §5.3: the payload is XORed with the 4-byte key, octet i with key[i % 4]."""
+    key = b"\x37\xfa\x21\x3d"
+    # The example of RFC 6455 §5.7: a masked "Hello" from client to server.
+    data = b"\x81\x85" + key + b"\x7f\x9f\x4d\x51\x58"
+    assert parse_one(data, masked=True) == Frame(Opcode.TEXT, b"Hello", True, 0)
+    server = Protocol(SERVER)
+    assert server.receive_data(data) == [Message("Hello")]
+
+
+def test_unmasked_examples_of_the_rfc_are_parsed() -> None:
+    """RFC 6455 §5.7: the unmasked single-frame and fragmented "Hello" examples."""
+    client = Protocol(CLIENT)
+    assert client.receive_data(b"\x81\x05\x48\x65\x6c\x6c\x6f") == [Message("Hello")]
+    assert client.receive_data(b"\x01\x03\x48\x65\x6c\x80\x02\x6c\x6f") == [Message("Hello")]
+    assert client.receive_data(b"\x89\x05\x48\x65\x6c\x6c\x6f") == [Ping(b"Hello")]
+    assert client.data_to_send()[:2] == b"\x8a\x85"  # masked pong, as §5.7 shows
+    big = struct.pack("!BBH", 0x82, 126, 256) + bytes(256)
+    assert client.receive_data(big) == [Message(bytes(256))]
