@@ -27,7 +27,6 @@ from .broadcast import broadcast
 from .client import ClientConnection, connect, run_client, unix_connect
 from .connection import Connection
 from .core import Close, CloseCode, Headers, Request, Response, State
-from .server import ServerConnection, WebSocketServer, serve, unix_serve
 from .exceptions import (
     ConcurrencyError,
     ConnectionClosed,
@@ -39,23 +38,24 @@ from .exceptions import (
     InvalidOrigin,
     InvalidState,
     InvalidStatus,
-    InvalidURI,
     InvalidUpgrade,
+    InvalidURI,
     NegotiationError,
     PayloadTooBig,
     ProtocolError,
     WebSocketException,
 )
+from .server import ServerConnection, WebSocketServer, serve, unix_serve
 
 __all__ = [
     "ClientConnection",
     "Close",
     "CloseCode",
     "ConcurrencyError",
+    "Connection",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
-    "Connection",
     "ConnectionError",
     "Headers",
     "InvalidHandshake",

@@ -1,15 +1,25 @@
-"""The command line: ``python -m trillium [demo]``.
+"""The command line: ``python -m trillium [demo | echo | connect URI]``.
 
-``demo`` (the default) walks through the framing core: a client and a server
-perform the opening handshake and exchange frames entirely in memory, and every byte
-that would cross the wire is printed.
+- ``demo`` (the default) walks through the framing core: a client and a server
+  perform the opening handshake and exchange frames entirely in memory, and every
+  byte that would cross the wire is printed.
+- ``echo --host 127.0.0.1 --port 9001 [--max-size BYTES] [--no-compression]`` runs
+  an echo server: every message is sent back as received (text as text, binary as
+  binary). Conformance tools drive it; pass ``--max-size 67108864`` for their
+  largest messages.
+- ``connect ws://...`` is an interactive client: lines typed are sent, messages
+  received are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 from collections.abc import Sequence
+
+import trio
 
 from .core import CLIENT, SERVER, ClientHandshake, Protocol, ServerHandshake, accept_key
 from .core.frames import FrameParser
@@ -54,7 +64,9 @@ def core_demo() -> None:
         parser.feed(data)
         frame = parser.next_frame()
         assert frame is not None
-        print(f"     parsed: opcode={frame.opcode.name} fin={frame.fin} length={len(frame.payload)}")
+        print(
+            f"     parsed: opcode={frame.opcode.name} fin={frame.fin} length={len(frame.payload)}"
+        )
         for event in server.receive_data(data):
             shown = repr(event)
             print(f"     server event: {shown[:70]}{'...' if len(shown) > 70 else ''}")
@@ -72,13 +84,81 @@ def core_demo() -> None:
     print(f"     client event: {client.receive_data(echo)}  client state: {client.state.name}")
 
 
+async def echo_server(host: str, port: int, max_size: int | None, compression: str | None) -> None:
+    """Serve until interrupted, sending every message back as it came."""
+    from .connection import Connection
+    from .server import serve
+
+    async def echo(ws: Connection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async with serve(echo, host, port, max_size=max_size, compression=compression) as server:
+        for sock in server.sockets:
+            print(f"echo server listening on ws://{host}:{sock.getsockname()[1]}", flush=True)
+        await server.serve_forever()
+
+
+async def interactive_client(uri: str) -> None:
+    """Send typed lines, print received messages, until EOF on stdin or the server closes."""
+    from .client import connect
+    from .exceptions import ConnectionClosed
+
+    async with connect(uri) as ws:
+        print(f"Connected to {uri}. Type a message and press Enter; Ctrl-D to quit.", flush=True)
+
+        async def printer() -> None:
+            try:
+                async for message in ws:
+                    if isinstance(message, str):
+                        print(f"< {message}", flush=True)
+                    else:
+                        print(f"< (binary) {message.hex(' ')}", flush=True)
+            except ConnectionClosed:
+                pass
+            print(
+                f"Connection closed: {ws.close_code} {ws.close_reason or ''}".rstrip(), flush=True
+            )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(printer)
+            while True:
+                line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+                if not line:
+                    break
+                try:
+                    await ws.send(line.rstrip("\n"))
+                except ConnectionClosed:
+                    break
+            await ws.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trillium", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m trillium",
+        description="trillium: a trio-native WebSocket library.",
+    )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("demo", help="show the framing core at work (the default)")
+    echo = sub.add_parser("echo", help="run an echo server")
+    echo.add_argument("--host", default="127.0.0.1")
+    echo.add_argument("--port", type=int, default=9001)
+    echo.add_argument(
+        "--max-size", type=int, default=2**20, help="largest message accepted (bytes)"
+    )
+    echo.add_argument("--no-compression", action="store_true", help="turn permessage-deflate off")
+    connect = sub.add_parser("connect", help="interactive client")
+    connect.add_argument("uri", help="ws:// or wss:// URI")
     args = parser.parse_args(argv)
     if args.command in (None, "demo"):
         core_demo()
+    elif args.command == "echo":
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        with contextlib.suppress(KeyboardInterrupt):
+            trio.run(echo_server, args.host, args.port, args.max_size, None)
+    elif args.command == "connect":
+        with contextlib.suppress(KeyboardInterrupt):
+            trio.run(interactive_client, args.uri)
     return 0
 
 

@@ -44,7 +44,7 @@ def basic_auth(
     if (credentials is None) == (check_credentials is None):
         raise ValueError("provide either credentials or check_credentials")
     if credentials is not None:
-        pairs = [credentials] if _is_pair(credentials) else list(credentials)  # type: ignore[list-item]
+        pairs = [credentials] if _is_pair(credentials) else list(credentials)
         table: dict[str, str] = {}
         for pair in pairs:
             if not _is_pair(pair):

@@ -49,8 +49,10 @@ def broadcast(connections: Iterable[Connection], message: str | bytes) -> int:
             skipped += 1
             continue
         if protocol.role is CLIENT or protocol.extensions:
-            frame = protocol.send_binary(payload) if opcode is Opcode.BINARY else (
-                protocol.send_text(payload.decode("utf-8"))
+            frame = (
+                protocol.send_binary(payload)
+                if opcode is Opcode.BINARY
+                else (protocol.send_text(payload.decode("utf-8")))
             )
         else:
             if unmasked is None:

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
@@ -354,10 +354,8 @@ class Connection:
     async def _abort(self) -> None:
         self._transport_closing = True
         self._writer_wakeup.set()
-        try:
+        with suppress(*_STREAM_ERRORS):
             await self.stream.aclose()
-        except _STREAM_ERRORS:
-            pass
 
     # ------------------------------------------------------------------ receiving
 
@@ -479,7 +477,9 @@ class Connection:
         self._write(self._encode(first, text, False))
         try:
             async for fragment in rest:
-                if not isinstance(fragment, kind if kind is str else (bytes, bytearray, memoryview)):
+                if not isinstance(
+                    fragment, kind if kind is str else (bytes, bytearray, memoryview)
+                ):
                     raise TypeError("all fragments of a message must be str, or all bytes")
                 await self._wait_for_room()
                 self._write(self._encode(fragment, text, False))
@@ -610,4 +610,3 @@ def _decode(data: Data, decode: bool | None) -> Data:
     if not decode and isinstance(data, str):
         return data.encode("utf-8")
     return data
-

@@ -77,7 +77,7 @@ class ConnectionClosed(WebSocketException, RuntimeError):
         return 1006
 
     @property
-    def reason(self) -> int:  # type: ignore[override]
+    def reason(self) -> int:
         """The close code, as simple-websocket names it (``ConnectionClosed.reason``)."""
         return self.code
 
@@ -106,7 +106,7 @@ class ConnectionClosedError(ConnectionClosed):
     """The connection closed with an error code, or without a complete close handshake."""
 
 
-class ConnectionError(WebSocketException, RuntimeError):  # noqa: A001 - simple-websocket's name
+class ConnectionError(WebSocketException, RuntimeError):
     """The connection could not be established (simple-websocket's ``ConnectionError``).
 
     ``status_code`` is the HTTP status the peer answered with, or None when the
@@ -136,7 +136,9 @@ class InvalidHeader(InvalidHandshake):
         self.name = name
         self.value = value
         if message is None:
-            message = f"missing {name} header" if value is None else f"invalid {name} header: {value!r}"
+            message = (
+                f"missing {name} header" if value is None else f"invalid {name} header: {value!r}"
+            )
         super().__init__(message)
 
 

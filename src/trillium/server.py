@@ -28,7 +28,7 @@ import inspect
 import logging
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from types import TracebackType
 from typing import Any, overload
 
@@ -49,10 +49,10 @@ logger = logging.getLogger("trillium")
 
 Handler = Callable[["ServerConnection"], Awaitable[None]]
 ProcessRequest = Callable[
-    ["ServerConnection", Request], "Response | None | Awaitable[Response | None]"
+    ["ServerConnection", Request], "Response | Awaitable[Response | None] | None"
 ]
 ProcessResponse = Callable[
-    ["ServerConnection", Request, Response], "Response | None | Awaitable[Response | None]"
+    ["ServerConnection", Request, Response], "Response | Awaitable[Response | None] | None"
 ]
 SelectSubprotocol = Callable[["ServerConnection", Sequence[str]], "str | None"]
 Origin = str | None
@@ -200,10 +200,8 @@ class WebSocketServer:
         self._closing = True
         self._accepting.cancel()
         for listener in self.listeners:
-            try:
+            with suppress(*_STREAM_ERRORS):
                 await listener.aclose()
-            except _STREAM_ERRORS:
-                pass
         if close_connections and self.connections:
             async with anyio.create_task_group() as tg:
                 for connection in list(self.connections):
@@ -301,9 +299,7 @@ class WebSocketServer:
             if self.server_header is not None and "Server" not in response.headers:
                 response.headers["Server"] = self.server_header
             if self.process_response is not None:
-                replaced = await _maybe_await(
-                    self.process_response(connection, request, response)
-                )
+                replaced = await _maybe_await(self.process_response(connection, request, response))
                 if replaced is not None:
                     response = replaced
             connection.response = response
@@ -322,8 +318,9 @@ class WebSocketServer:
     ) -> Response:
         """Decide: origins, process_request, subprotocol; the 101 or a rejection."""
         if self.origins is not None and request.origin not in self.origins:
-            return handshake.reject_response(403, body=b"Failed to open a WebSocket connection: "
-                                             b"origin not allowed.\n")
+            return handshake.reject_response(
+                403, body=b"Failed to open a WebSocket connection: origin not allowed.\n"
+            )
         if self.process_request is not None:
             response = await _maybe_await(self.process_request(connection, request))
             if response is not None:
@@ -354,10 +351,8 @@ class WebSocketServer:
 
 
 async def _send_quietly(stream: anyio.abc.ByteStream, data: bytes) -> None:
-    try:
+    with suppress(*_STREAM_ERRORS):
         await stream.send(data)
-    except _STREAM_ERRORS:
-        pass
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -426,7 +421,7 @@ def serve(
 
     async def make_listeners() -> list[anyio.abc.SocketListener]:
         if sock is not None:
-            return [anyio.abc.SocketListener.from_socket(sock)]
+            return [await anyio.abc.SocketListener.from_socket(sock)]
         multi = await anyio.create_tcp_listener(
             local_host=host,  # type: ignore[arg-type]
             local_port=port or 0,
@@ -468,7 +463,7 @@ def unix_serve(
 
     async def make_listeners() -> list[anyio.abc.SocketListener]:
         if sock is not None:
-            return [anyio.abc.SocketListener.from_socket(sock)]
+            return [await anyio.abc.SocketListener.from_socket(sock)]
         assert path is not None, "unix_serve needs a path or a sock"
         return [await anyio.create_unix_listener(path)]
 
@@ -476,4 +471,3 @@ def unix_serve(
     if task_status is not None:
         return server.run(task_status=task_status)
     return server
-

@@ -1,11 +1,12 @@
 """WebSocket URIs (RFC 6455 §3): ``ws://host[:port]/path?query`` and ``wss://...``.
 
-    >>> parse_uri("wss://example.com/chat?room=1")
-    WebSocketURI(secure=True, host='example.com', port=443, resource_name='/chat?room=1', user_info=None)
-    >>> parse_uri("http://example.com")
-    Traceback (most recent call last):
-    ...
-    trillium.exceptions.InvalidURI: http://example.com isn't a valid URI: scheme isn't ws or wss
+>>> uri = parse_uri("wss://example.com/chat?room=1")
+>>> uri.secure, uri.host, uri.port, uri.resource_name
+(True, 'example.com', 443, '/chat?room=1')
+>>> parse_uri("http://example.com")
+Traceback (most recent call last):
+...
+trillium.exceptions.InvalidURI: http://example.com isn't a valid URI: scheme isn't ws or wss
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ from .headers import (
 
 __all__ = [
     "GUID",
+    "HeadersLike",
     "ClientHandshake",
     "Headers",
     "Request",

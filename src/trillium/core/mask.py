@@ -21,22 +21,21 @@ __all__ = ["ACCELERATED", "apply_mask", "py_apply_mask"]
 Buffer = bytes | bytearray | memoryview
 
 
-def py_apply_mask(data: Buffer, mask: bytes) -> bytes:
+def py_apply_mask(data: Buffer, mask: Buffer) -> bytes:
     """XOR ``data`` with ``mask`` repeated, in pure Python (one big-integer XOR)."""
     n = len(data)
     if n == 0:
         return b""
     if len(mask) != 4:
         raise ValueError("mask must be 4 bytes")
-    key = (mask * ((n >> 2) + 1))[:n]
+    key = (bytes(mask) * ((n >> 2) + 1))[:n]
     return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
-apply_mask: Callable[[Buffer, bytes], bytes]
+apply_mask: Callable[[Buffer, Buffer], bytes]
 try:
-    from ._speedups import apply_mask
-
-    ACCELERATED = True
+    from ._speedups import apply_mask as _c_apply_mask
 except ImportError:  # no compiler at install time, or TRILLIUM_NO_EXTENSIONS=1
-    apply_mask = py_apply_mask
-    ACCELERATED = False
+    apply_mask, ACCELERATED = py_apply_mask, False
+else:
+    apply_mask, ACCELERATED = _c_apply_mask, True
