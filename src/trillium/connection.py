@@ -63,6 +63,21 @@ _STREAM_ERRORS = (
 )
 
 
+#: Sends that complete without waiting yield to the scheduler once every this many.
+_YIELD_EVERY = 16
+
+
+def _direct_socket(stream: anyio.abc.ByteStream) -> Any:
+    """The raw socket under a plain trio socket stream, for direct non-blocking sends.
+
+    None on asyncio (whose transports buffer writes of their own) and for TLS or
+    wrapped streams, which must go through the stream's ``send``.
+    """
+    if type(stream).__module__ != "anyio._backends._trio":
+        return None
+    return stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+
+
 def _water_marks(limit: WaterMarks, default_low_ratio: int = 4) -> tuple[int, int]:
     """(high, low) from ``limit``, which is ``high`` or ``(high, low)`` as in websockets."""
     if limit is None:
@@ -131,6 +146,9 @@ class Connection:
         # Outgoing bytes waiting for the writer.
         self._out: list[bytes] = []
         self._out_size = 0
+        self._writing = False
+        self._raw_socket = _direct_socket(stream)
+        self._sends_since_yield = 0
         self._writer_wakeup = anyio.Event()
         self._write_drained: anyio.Event | None = None
         # Pings awaiting their pong: payload -> (time sent, event set on pong).
@@ -274,6 +292,7 @@ class Connection:
                     continue
                 data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
                 self._out.clear()
+                self._writing = True
                 try:
                     await stream.send(data)
                 except _STREAM_ERRORS as exc:
@@ -281,6 +300,8 @@ class Connection:
                         self.logger.debug("connection %s lost while writing: %r", self.id, exc)
                         self._exception = exc
                     break
+                finally:
+                    self._writing = False
                 self._out_size -= len(data)
                 if self._out_size <= self._write_low:
                     self._wake_senders()
@@ -293,9 +314,32 @@ class Connection:
                 await self._abort()
 
     def _write(self, data: bytes) -> None:
-        """Hand complete frames to the writer (no checkpoint: frames are never split)."""
+        """Hand complete frames to the writer (no checkpoint: frames are never split).
+
+        On plain trio sockets, when the writer is idle and no received message is
+        waiting to be handled (so no reply is likely to follow at once), everything
+        queued goes straight to the socket with a non-blocking send: a request and
+        response exchange then costs no task switch, while a burst of replies to a
+        burst of messages still leaves in one write. What the kernel doesn't take
+        waits for the writer.
+        """
         self._out.append(data)
         self._out_size += len(data)
+        sock = self._raw_socket
+        if sock is not None and not self._messages and not self._writing:
+            out = self._out
+            pending = out[0] if len(out) == 1 else b"".join(out)
+            try:
+                sent = sock.send(pending)
+            except OSError:  # BlockingIOError, or an error the writer will meet again
+                sent = 0
+            if sent:
+                self._out_size -= sent
+                out.clear()
+                if sent < len(pending):
+                    out.append(pending[sent:])
+            if not out:
+                return
         self._writer_wakeup.set()
 
     def _wake_senders(self) -> None:
@@ -366,6 +410,11 @@ class Connection:
         otherwise, and ConcurrencyError if another task is already receiving.
         ``decode=False`` returns text as UTF-8 bytes, ``decode=True`` binary as text.
         """
+        messages = self._messages
+        if messages and messages[0].final and not self._receiving:
+            # Fast path: a whole message is waiting.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            return _decode(self._pop().data, decode)
         parts = [frag async for frag in self._fragments()]
         if len(parts) == 1:
             data = parts[0]
@@ -410,6 +459,11 @@ class Connection:
                 self._message_arrived = anyio.Event()
                 await self._message_arrived.wait()
                 self._message_arrived = None
+        return self._pop()
+
+    def _pop(self) -> Message:
+        """Take the oldest queued message; let the reader resume below the low mark."""
+        messages = self._messages
         message = messages.popleft()
         if self._queue_drained is not None and len(messages) <= self._queue_low:
             self._queue_drained.set()
@@ -504,7 +558,21 @@ class Connection:
         return protocol.send_binary(data, fin)
 
     async def _wait_for_room(self) -> None:
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        """Wait while more than write_limit bytes are queued.
+
+        Sends that don't have to wait still yield to the scheduler every
+        ``_YIELD_EVERY`` calls, so a loop of sends can't starve other tasks, without
+        paying a scheduler round trip on every message.
+        """
+        if self._out_size <= self._write_high:
+            self._sends_since_yield += 1
+            if self._sends_since_yield >= _YIELD_EVERY:
+                self._sends_since_yield = 0
+                await anyio.lowlevel.checkpoint()
+            else:
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            return
+        self._sends_since_yield = 0
         while self._out_size > self._write_high:
             if self._closed.is_set() or self._transport_closing:
                 raise self._closed_exception()
@@ -535,10 +603,10 @@ class Connection:
         self._write(protocol.send_ping(payload))
         try:
             await pong.wait()
+            if payload in self._pings:  # a pong pops its ping: still here, closed first
+                raise self._closed_exception()
         finally:
             self._pings.pop(payload, None)
-        if self._closed.is_set() and self.latency == 0.0:
-            raise self._closed_exception()
         return time.monotonic() - sent_at
 
     def _pong_received(self, payload: bytes) -> None:

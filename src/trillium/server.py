@@ -37,7 +37,7 @@ import anyio.abc
 from anyio.streams.tls import TLSStream
 
 from . import __version__
-from .connection import _STREAM_ERRORS, Connection, WaterMarks
+from .connection import _STREAM_ERRORS, Connection, WaterMarks, _water_marks
 from .core.close import CloseCode
 from .core.handshake import Headers, Request, Response, ServerHandshake, serialize_response
 from .core.protocol import SERVER, Protocol
@@ -119,6 +119,7 @@ class WebSocketServer:
     ) -> None:
         if compression not in (None, "deflate"):
             raise ValueError(f"unsupported compression: {compression!r}")
+        _water_marks(max_queue), _water_marks(write_limit)  # fail now, not at 1st connection
         self.handler = handler
         self._make_listeners = make_listeners
         self.logger = logger if logger is not None else globals()["logger"]

@@ -95,7 +95,10 @@ def test_parse_extensions_with_parameters() -> None:
         'x-foo;a="1" , x-bar',
     ]
     assert parse_extensions(values) == [
-        ("permessage-deflate", [("client_max_window_bits", None), ("server_max_window_bits", "10")]),
+        (
+            "permessage-deflate",
+            [("client_max_window_bits", None), ("server_max_window_bits", "10")],
+        ),
         ("x-foo", [("a", "1")]),
         ("x-bar", []),
     ]
@@ -120,7 +123,7 @@ def test_parse_extensions_unquotes_escaped_token() -> None:
         'x; p="a b"',
         "x y",
         "x; p=1 q",
-        "x; p=\"unterminated",
+        'x; p="unterminated',
     ],
 )
 def test_parse_extensions_rejects_malformed_values(value: str) -> None:
@@ -132,7 +135,10 @@ def test_parse_extensions_rejects_malformed_values(value: str) -> None:
 def test_serialize_extensions_round_trips() -> None:
     """RFC 6455 §9.1: what the server sends back must parse as the same extensions."""
     extensions = [
-        ("permessage-deflate", [("client_max_window_bits", None), ("server_max_window_bits", "12")]),
+        (
+            "permessage-deflate",
+            [("client_max_window_bits", None), ("server_max_window_bits", "12")],
+        ),
         ("x-empty", []),
     ]
     text = serialize_extensions(extensions)

@@ -141,6 +141,18 @@ def test_sender_cannot_interleave_fragments_of_different_messages() -> None:
     assert Protocol(SERVER).receive_data(data) == [Message("ac")]
 
 
+def test_can_send_message_is_false_while_a_fragmented_message_is_in_progress() -> None:
+    """RFC 6455 §5.4: a new message may start only once the previous one is finished."""
+    client = Protocol(CLIENT)
+    assert client.can_send_message()
+    client.send_binary(b"a", fin=False)
+    assert not client.can_send_message()
+    client.send_binary(b"b")
+    assert client.can_send_message()
+    client.send_close()
+    assert not client.can_send_message()
+
+
 def test_sender_may_send_control_frames_between_fragments() -> None:
     """RFC 6455 §5.4: an endpoint MAY inject control frames between fragments it sends."""
     client = Protocol(CLIENT)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trillium.core.frames import Opcode
+from trillium.core.extensions import Extension
+from trillium.core.frames import Frame, Opcode
 from trillium.core.protocol import CLIENT, SERVER, Close, Message, Ping, Pong, Protocol, Role
 from trillium.exceptions import InvalidUTF8, PayloadTooBig, ProtocolError
 
@@ -27,9 +28,7 @@ def test_message_of_exactly_max_size_is_accepted(role: Role) -> None:
     """RFC 6455 §10.4: the limit is inclusive."""
     protocol = Protocol(role)
     payload = b"x" * MiB
-    assert protocol.receive_data(peer_frame(protocol, Opcode.BINARY, payload)) == [
-        Message(payload)
-    ]
+    assert protocol.receive_data(peer_frame(protocol, Opcode.BINARY, payload)) == [Message(payload)]
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -105,6 +104,31 @@ def test_close_frame_is_read_whatever_max_size() -> None:
         Close(1000, "bye")
     ]
     assert close_of(sent_frames(server)[0]) == Close(1000, "bye")
+
+
+class Doubler(Extension):
+    """An extension whose decoded frames are twice as long as on the wire (like inflate)."""
+
+    name = "x-doubler"
+    rsv_bits = 0x40
+
+    def decode(self, frame: Frame, *, max_size: int | None) -> Frame:
+        return Frame(frame.opcode, frame.payload * 2, frame.fin, 0)
+
+    def encode(self, frame: Frame) -> Frame:
+        return frame
+
+
+def test_fails_connection_when_extension_output_exceeds_max_size() -> None:
+    """RFC 6455 §10.4, RFC 7692 §8.1: the limit applies to the decoded message, not the wire."""
+    server = Protocol(SERVER, max_size=10, extensions=[Doubler()])
+    assert server.receive_data(peer_frame(server, Opcode.BINARY, b"abcde", rsv=0x40)) == [
+        Message(b"abcdeabcde")
+    ]
+    data = peer_frame(server, Opcode.BINARY, b"abcd", fin=False, rsv=0x40) + peer_frame(
+        server, Opcode.CONTINUATION, b"de"
+    )
+    assert_fails(server, data, PayloadTooBig, 1009)
 
 
 def test_max_size_none_means_unlimited() -> None:

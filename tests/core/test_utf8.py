@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from trillium.core.utf8 import Utf8Decoder
@@ -19,9 +21,9 @@ def is_valid_prefix(data: bytes) -> bool:
 
 def decode_in_pieces(data: bytes, cuts: list[int]) -> str:
     decoder = Utf8Decoder()
-    bounds = [0, *cuts, len(data)]
-    parts = [decoder.decode(data[a:b]) for a, b in zip(bounds[:-2], bounds[1:-1], strict=True)]
-    parts.append(decoder.decode(data[bounds[-2] :], final=True))
+    pieces = list(itertools.pairwise([0, *cuts, len(data)]))
+    parts = [decoder.decode(data[a:b]) for a, b in pieces[:-1]]
+    parts.append(decoder.decode(data[pieces[-1][0] :], final=True))
     return "".join(parts)
 
 

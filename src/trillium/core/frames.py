@@ -172,7 +172,7 @@ class FrameParser:
         """Return the next complete frame, or None if more bytes are needed.
 
         Raises ProtocolError (1002) for malformed frames and PayloadTooBig (1009) for a
-        payload over ``max_payload`` bytes.
+        data frame payload over ``max_payload`` bytes.
         """
         buf = self._buf
         pos = self._pos
@@ -215,7 +215,8 @@ class FrameParser:
             if length >> 63:
                 raise ProtocolError("64-bit payload length with the most significant bit set")
             offset += 8
-        if length > max_payload:
+        # Control frames (at most 125 bytes) are not part of a message: no limit applies.
+        if length > max_payload and opcode < 0x8:
             raise PayloadTooBig(f"frame of {length} bytes exceeds the limit of {max_payload} bytes")
 
         if masked:

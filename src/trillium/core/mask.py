@@ -23,11 +23,11 @@ Buffer = bytes | bytearray | memoryview
 
 def py_apply_mask(data: Buffer, mask: Buffer) -> bytes:
     """XOR ``data`` with ``mask`` repeated, in pure Python (one big-integer XOR)."""
+    if len(mask) != 4:
+        raise ValueError("mask must be 4 bytes")
     n = len(data)
     if n == 0:
         return b""
-    if len(mask) != 4:
-        raise ValueError("mask must be 4 bytes")
     key = (bytes(mask) * ((n >> 2) + 1))[:n]
     return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 

@@ -197,7 +197,8 @@ class Protocol:
                     self._continue_message(frame, events)
                 elif opcode is Opcode.PING:
                     events.append(Ping(frame.payload))
-                    if self.state is State.OPEN:
+                    # §5.5.2: answer unless the peer's close came (CLOSING still answers).
+                    if self.state is not State.CLOSED:
                         self._outgoing.append(self._frame(Opcode.PONG, frame.payload))
                 elif opcode is Opcode.PONG:
                     events.append(Pong(frame.payload))

@@ -1,0 +1,199 @@
+"""Helpers for the connection, server and client tests.
+
+- ``serving(handler, **kwargs)``: a trillium server on 127.0.0.1, port 0, and its URI;
+- ``RawClient``: a hand-driven client over a plain trio socket (a hand-made opening
+  handshake, frames built with ``serialize_frame``), for peers that misbehave;
+- ``raw_server(behaviour)``: a plain trio TCP server calling ``behaviour(stream)`` for
+  each connection, and ``accept_handshake(stream)`` to answer the upgrade by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import trio
+
+import trillium
+from trillium.core.close import Close
+from trillium.core.frames import Frame, FrameParser, Opcode, serialize_frame
+from trillium.core.handshake import Request, ServerHandshake, accept_key
+
+#: Upper bound for any single test.
+TEST_TIMEOUT = 10
+
+
+def port_of(server: trillium.WebSocketServer) -> int:
+    """The TCP port a server listens on."""
+    return int(server.sockets[0].getsockname()[1])
+
+
+def uri_of(server: trillium.WebSocketServer, path: str = "/") -> str:
+    return f"ws://127.0.0.1:{port_of(server)}{path}"
+
+
+@asynccontextmanager
+async def serving(
+    handler: Callable[[trillium.ServerConnection], Awaitable[None]], **kwargs: Any
+) -> AsyncIterator[tuple[trillium.WebSocketServer, str]]:
+    """Run a trillium server on 127.0.0.1 (port 0) for the block; yield it and its URI."""
+    async with trillium.serve(handler, "127.0.0.1", 0, **kwargs) as server:
+        yield server, uri_of(server)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``predicate`` until it holds; fail the test if it doesn't within ``timeout``."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+def close_payload(frame: Frame) -> Close:
+    assert frame.opcode is Opcode.CLOSE, f"expected a close frame, got {frame.opcode!r}"
+    return Close.parse(frame.payload)
+
+
+class RawClient:
+    """A WebSocket client driven by hand over a plain trio socket.
+
+    It never answers pings or close frames on its own, reads only when told to, and
+    sends exactly the bytes it is given: the misbehaving peer the limits are about.
+    """
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.parser = FrameParser(expect_masked=False)
+        self.response_head = b""
+
+    @classmethod
+    async def connect(
+        cls,
+        port: int,
+        *,
+        path: str = "/",
+        headers: tuple[tuple[str, str], ...] = (),
+        handshake: bool = True,
+        sndbuf: int | None = None,
+        rcvbuf: int | None = None,
+    ) -> RawClient:
+        sock = trio.socket.socket()
+        if sndbuf is not None:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, sndbuf)
+        if rcvbuf is not None:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, rcvbuf)
+        await sock.connect(("127.0.0.1", port))
+        client = cls(sock)
+        if handshake:
+            await client.handshake(port, path=path, headers=headers)
+        return client
+
+    async def handshake(
+        self, port: int, *, path: str = "/", headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: 127.0.0.1:{port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+            *(f"{name}: {value}" for name, value in headers),
+        ]
+        await self.send_bytes(("\r\n".join(lines) + "\r\n\r\n").encode())
+        buffer = b""
+        while b"\r\n\r\n" not in buffer:
+            data = await self.sock.recv(65536)
+            if not data:
+                raise AssertionError(f"server closed during the handshake: {buffer!r}")
+            buffer += data
+        head, _, rest = buffer.partition(b"\r\n\r\n")
+        self.response_head = head
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert accept_key(key).encode() in head, head
+        self.parser.feed(rest)
+
+    async def send_bytes(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            sent = await self.sock.send(view)
+            view = view[sent:]
+
+    async def send_frame(self, opcode: int, payload: bytes = b"", *, fin: bool = True) -> None:
+        await self.send_bytes(serialize_frame(opcode, payload, mask=True, fin=fin))
+
+    async def recv_frame(self) -> Frame | None:
+        """The next frame from the server, or None at end of stream."""
+        while True:
+            frame = self.parser.next_frame()
+            if frame is not None:
+                return frame
+            data = await self.sock.recv(65536)
+            if not data:
+                return None
+            self.parser.feed(data)
+
+    async def recv_frame_skipping_pings(self) -> Frame | None:
+        while True:
+            frame = await self.recv_frame()
+            if frame is None or frame.opcode is not Opcode.PING:
+                return frame
+
+    async def read_until_eof(self) -> bytes:
+        """Read (unparsed) until the server closes TCP; return what was read."""
+        chunks = []
+        while data := await self.sock.recv(65536):
+            chunks.append(data)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def read_request(stream: trio.SocketStream) -> tuple[Request | None, ServerHandshake]:
+    """Read an opening handshake request from ``stream`` (None if the client left)."""
+    handshake = ServerHandshake()
+    while True:
+        data = await stream.receive_some(65536)
+        if not data:
+            return None, handshake
+        request = handshake.receive_data(data)
+        if request is not None:
+            return request, handshake
+
+
+async def accept_handshake(stream: trio.SocketStream) -> Request:
+    """Answer a client's upgrade with 101, by hand; return its request."""
+    request, handshake = await read_request(stream)
+    assert request is not None, "client left during the handshake"
+    await stream.send_all(handshake.accept(request))
+    return request
+
+
+async def read_frames(stream: trio.SocketStream, parser: FrameParser) -> Frame | None:
+    """The next frame a client sent on ``stream`` (None at end of stream)."""
+    while True:
+        frame = parser.next_frame(2**40)
+        if frame is not None:
+            return frame
+        data = await stream.receive_some(65536)
+        if not data:
+            return None
+        parser.feed(data)
+
+
+@asynccontextmanager
+async def raw_server(
+    behaviour: Callable[[trio.SocketStream], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """A plain TCP server on 127.0.0.1 calling ``behaviour(stream)``; yield its port."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(trio.serve_listeners, behaviour, listeners))
+        yield port
+        nursery.cancel_scope.cancel()
