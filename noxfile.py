@@ -12,6 +12,8 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     """The test suite, doctests included, with the compiled accelerator built."""
     session.install("-e", ".[test]")
+    # The peers that don't come from PyPI: Chromium (apt) and Node's ws (npm).
+    session.run("bash", "tests/interop/setup.sh", external=True)
     session.run("pytest", *(session.posargs or ["tests", "src/trillium"]))
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 import trillium
@@ -206,3 +207,10 @@ def short(data: object) -> str:
     if isinstance(data, (str, bytes)) and len(data) > 64:
         return f"<{type(data).__name__} of {len(data)}: {data[:32]!r}...>"
     return repr(data)
+
+
+def skip_or_fail_in_ci(reason: str) -> None:
+    """Skip a test whose peer is missing; in CI (CI=true) a missing peer is a failure."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason}; CI must install it (tests/interop/setup.sh)")
+    pytest.skip(reason)

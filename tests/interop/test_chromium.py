@@ -25,7 +25,15 @@ import trio
 
 from trillium.exceptions import ConnectionClosedError
 
-from ._helpers import BIG, BINARY, BROWSER_DIR, TEXT, Recorder, kill_process_group
+from ._helpers import (
+    BIG,
+    BINARY,
+    BROWSER_DIR,
+    TEXT,
+    Recorder,
+    kill_process_group,
+    skip_or_fail_in_ci,
+)
 from ._helpers import trillium_echo_server as echo_server
 
 CHROMIUM_FLAGS = [
@@ -47,7 +55,9 @@ def chromium() -> str:
     """The Chromium binary (Debian's ``chromium``; tests/interop/setup.sh installs it)."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.skip("Chromium is not installed (run tests/interop/setup.sh, or apt-get chromium)")
+        skip_or_fail_in_ci(
+            "Chromium is not installed (run tests/interop/setup.sh, or apt-get chromium)"
+        )
     return path
 
 

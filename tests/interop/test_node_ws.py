@@ -22,6 +22,7 @@ from ._helpers import (
     run_peer,
     run_peer_client,
     short,
+    skip_or_fail_in_ci,
     trillium_echo_server,
 )
 
@@ -34,7 +35,7 @@ def node() -> str:
     """
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.skip("Node.js is not installed (need `node` and `npm` on PATH)")
+        skip_or_fail_in_ci("Node.js is not installed (need `node` and `npm` on PATH)")
     if not (NODE_DIR / "node_modules" / "ws").is_dir():
         result = subprocess.run(
             [npm, "install", "--no-audit", "--no-fund"],
