@@ -28,7 +28,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package."""
-    session.install("-e", ".", "mypy")
+    session.install("-e", ".", "mypy", "exceptiongroup")  # the 3.10 backport, for mypy
     session.run("mypy", "--strict", "src/trillium")
 
 

@@ -26,17 +26,21 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+from ._backend import current_backend
 from .core.close import CloseCode
 from .core.handshake import Request, Response
 from .core.protocol import SERVER, Message, Ping, Pong, Protocol, State
@@ -118,9 +122,10 @@ class Connection:
         max_queue: WaterMarks = 16,
         write_limit: WaterMarks = 2**15,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
-        read_size: int = 65536,
+        read_size: int = 262144,
     ) -> None:
         self.id = uuid.uuid4()
+        self._backend = current_backend()
         self.stream = stream
         self.protocol: Protocol | None = None
         self.request: Request | None = None
@@ -149,12 +154,12 @@ class Connection:
         self._writing = False
         self._raw_socket = _direct_socket(stream)
         self._sends_since_yield = 0
-        self._writer_wakeup = anyio.Event()
+        self._writer_wakeup = self._backend.Event()
         self._write_drained: anyio.Event | None = None
         # Pings awaiting their pong: payload -> (time sent, event set on pong).
         self._pings: dict[bytes, tuple[float, anyio.Event]] = {}
         # Set once the TCP connection is closed and everything is torn down.
-        self._closed = anyio.Event()
+        self._closed = self._backend.Event()
         self._transport_closing = False
         self._writer_done = False
         self._exception: BaseException | None = None
@@ -204,20 +209,49 @@ class Connection:
 
         On the way out the connection is closed (1000, or whatever close was
         already under way), waiting at most ``close_timeout``; nothing outlives the
-        block.
+        block. The background tasks are shielded from cancellation coming from
+        outside, so that when the body is cancelled the close frame still goes out
+        and the peer sees a proper closure rather than a dropped connection; they
+        are cancelled explicitly once the close is done.
+
+        An exception from the body propagates as itself, not wrapped in an
+        exception group by the task group, so ``except ConnectionClosed`` around an
+        ``async with connect(...)`` block works.
         """
         self.protocol = protocol
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._reader, name=f"trillium reader {self.id}")
-            tg.start_soon(self._writer, name=f"trillium writer {self.id}")
-            if self.ping_interval is not None:
-                tg.start_soon(self._keepalive, name=f"trillium keepalive {self.id}")
-            try:
-                yield self
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self.close()
-                tg.cancel_scope.cancel()
+        scopes: list[anyio.CancelScope] = []
+        body_exc: BaseException | None = None
+
+        def start(task: Callable[[], Awaitable[None]], name: str) -> None:
+            scope = anyio.CancelScope(shield=True)
+            scopes.append(scope)
+
+            async def run() -> None:
+                with scope:
+                    await task()
+
+            tg.start_soon(run, name=f"trillium {name} {self.id}")
+
+        try:
+            async with anyio.create_task_group() as tg:
+                start(self._reader, "reader")
+                start(self._writer, "writer")
+                if self.ping_interval is not None:
+                    start(self._keepalive, "keepalive")
+                try:
+                    yield self
+                except BaseException as exc:
+                    body_exc = exc
+                    raise
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self.close()
+                    for scope in scopes:
+                        scope.cancel()
+        except BaseExceptionGroup as group:
+            if body_exc is not None and _only_contains(group, body_exc):
+                raise body_exc from None
+            raise
 
     async def _reader(self) -> None:
         protocol = self.protocol
@@ -228,7 +262,7 @@ class Connection:
             while True:
                 if len(messages) >= self._queue_high:
                     # Stop reading: the kernel buffer fills and TCP pushes back on the peer.
-                    self._queue_drained = anyio.Event()
+                    self._queue_drained = self._backend.Event()
                     await self._queue_drained.wait()
                     continue
                 if self.initial_data:
@@ -288,7 +322,7 @@ class Connection:
                     if self._transport_closing:
                         break
                     await self._writer_wakeup.wait()
-                    self._writer_wakeup = anyio.Event()
+                    self._writer_wakeup = self._backend.Event()
                     continue
                 data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
                 self._out.clear()
@@ -316,17 +350,22 @@ class Connection:
     def _write(self, data: bytes) -> None:
         """Hand complete frames to the writer (no checkpoint: frames are never split).
 
-        On plain trio sockets, when the writer is idle and no received message is
-        waiting to be handled (so no reply is likely to follow at once), everything
-        queued goes straight to the socket with a non-blocking send: a request and
-        response exchange then costs no task switch, while a burst of replies to a
-        burst of messages still leaves in one write. What the kernel doesn't take
-        waits for the writer.
+        On plain trio sockets, when the writer is idle and either no received
+        message is waiting to be handled (so no reply is likely to follow at once)
+        or more than ``write_limit`` is queued, everything queued goes straight to
+        the socket with a non-blocking send: a request and response exchange then
+        costs no task switch, a burst of small replies to a burst of messages still
+        leaves in one write, and big messages reach the kernel without waiting for
+        the writer. What the kernel doesn't take waits for the writer.
         """
         self._out.append(data)
         self._out_size += len(data)
         sock = self._raw_socket
-        if sock is not None and not self._messages and not self._writing:
+        if (
+            sock is not None
+            and not self._writing
+            and (not self._messages or self._out_size > self._write_high)
+        ):
             out = self._out
             pending = out[0] if len(out) == 1 else b"".join(out)
             try:
@@ -351,7 +390,7 @@ class Connection:
         """Wait until the writer has sent everything queued so far."""
         while self._out_size > 0 and not self._writer_done:
             if self._write_drained is None:
-                self._write_drained = anyio.Event()
+                self._write_drained = self._backend.Event()
             await self._write_drained.wait()
 
     async def _keepalive(self) -> None:
@@ -413,7 +452,7 @@ class Connection:
         messages = self._messages
         if messages and messages[0].final and not self._receiving:
             # Fast path: a whole message is waiting.
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            await self._backend.checkpoint_if_cancelled()
             return _decode(self._pop().data, decode)
         parts = [frag async for frag in self._fragments()]
         if len(parts) == 1:
@@ -451,12 +490,12 @@ class Connection:
     async def _next_fragment(self) -> Message:
         messages = self._messages
         if messages:
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            await self._backend.checkpoint_if_cancelled()
         else:
             while not messages:
                 if self._closed.is_set() or self.protocol is None:
                     raise self._closed_exception()
-                self._message_arrived = anyio.Event()
+                self._message_arrived = self._backend.Event()
                 await self._message_arrived.wait()
                 self._message_arrived = None
         return self._pop()
@@ -568,16 +607,16 @@ class Connection:
             self._sends_since_yield += 1
             if self._sends_since_yield >= _YIELD_EVERY:
                 self._sends_since_yield = 0
-                await anyio.lowlevel.checkpoint()
+                await self._backend.checkpoint()
             else:
-                await anyio.lowlevel.checkpoint_if_cancelled()
+                await self._backend.checkpoint_if_cancelled()
             return
         self._sends_since_yield = 0
         while self._out_size > self._write_high:
             if self._closed.is_set() or self._transport_closing:
                 raise self._closed_exception()
             if self._write_drained is None:
-                self._write_drained = anyio.Event()
+                self._write_drained = self._backend.Event()
             await self._write_drained.wait()
 
     async def ping(self, data: Data | None = None) -> float:
@@ -597,7 +636,7 @@ class Connection:
         protocol = self.protocol
         if protocol is None or protocol.state is not State.OPEN:
             raise self._closed_exception()
-        pong = anyio.Event()
+        pong = self._backend.Event()
         sent_at = time.monotonic()
         self._pings[payload] = (sent_at, pong)
         self._write(protocol.send_ping(payload))
@@ -628,7 +667,7 @@ class Connection:
             raise self._closed_exception()
         payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         self._write(protocol.send_pong(payload))
-        await anyio.lowlevel.checkpoint()
+        await self._backend.checkpoint()
 
     # ------------------------------------------------------------------ closing
 
@@ -668,6 +707,17 @@ class Connection:
         elif self._exception is not None:
             exc.__cause__ = self._exception
         return exc
+
+
+def _only_contains(group: BaseExceptionGroup[BaseException], exc: BaseException) -> bool:
+    """Whether an exception group holds ``exc`` and nothing else (at any depth)."""
+    for inner in group.exceptions:
+        if isinstance(inner, BaseExceptionGroup):
+            if not _only_contains(inner, exc):
+                return False
+        elif inner is not exc:
+            return False
+    return True
 
 
 def _decode(data: Data, decode: bool | None) -> Data:

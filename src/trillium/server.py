@@ -27,6 +27,7 @@ import http
 import inspect
 import logging
 import ssl as ssl_module
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack, suppress
 from types import TracebackType
@@ -36,12 +37,15 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 from . import __version__
-from .connection import _STREAM_ERRORS, Connection, WaterMarks, _water_marks
+from .connection import _STREAM_ERRORS, Connection, WaterMarks, _only_contains, _water_marks
 from .core.close import CloseCode
 from .core.handshake import Headers, Request, Response, ServerHandshake, serialize_response
 from .core.protocol import SERVER, Protocol
-from .exceptions import InvalidHandshake
+from .exceptions import ConnectionClosed, InvalidHandshake
 
 __all__ = ["ServerConnection", "WebSocketServer", "serve", "unix_serve"]
 
@@ -156,11 +160,13 @@ class WebSocketServer:
     # ---------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> WebSocketServer:
+        # Listen first, outside the task group, so that a failure to bind raises
+        # the OSError itself rather than an exception group.
+        self.listeners = await self._make_listeners()
         async with AsyncExitStack() as stack:
-            self._task_group = await stack.enter_async_context(anyio.create_task_group())
-            self.listeners = await self._make_listeners()
             for listener in self.listeners:
                 stack.push_async_callback(listener.aclose)
+            self._task_group = await stack.enter_async_context(anyio.create_task_group())
             for listener in self.listeners:
                 self._task_group.start_soon(self._accept_loop, listener)
             for sock in self.sockets:
@@ -177,7 +183,12 @@ class WebSocketServer:
         with anyio.CancelScope(shield=True):
             await self.close()
         assert self._stack is not None
-        return await self._stack.__aexit__(exc_type, exc, tb)
+        try:
+            return await self._stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            if exc is not None and _only_contains(group, exc):
+                return False  # the body's own exception propagates, unwrapped
+            raise
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[WebSocketServer]) -> None:
         """Serve until cancelled, reporting ``self`` to ``nursery.start`` once listening."""
@@ -254,7 +265,10 @@ class WebSocketServer:
             with anyio.CancelScope(shield=True):
                 await connection._abort()
             return
-        scope = anyio.CancelScope()
+        # Shielded: when the server is cancelled, close() still closes this
+        # connection with 1001 and gives the handler close_timeout to finish, then
+        # cancels it through this scope.
+        scope = anyio.CancelScope(shield=True)
         self._handler_scopes[connection] = scope
         self.connections.add(connection)
         try:
@@ -262,6 +276,10 @@ class WebSocketServer:
                 async with connection._running(protocol):
                     try:
                         await self.handler(connection)
+                    except ConnectionClosed as exc:
+                        # The peer went away while the handler used the connection:
+                        # the normal end of a handler that doesn't catch it.
+                        self.logger.debug("connection %s closed: %s", connection.id, exc)
                     except Exception:
                         self.logger.error("connection handler failed", exc_info=True)
                         await connection.close(CloseCode.INTERNAL_ERROR, "")

@@ -51,9 +51,9 @@ from .headers import (
 
 __all__ = [
     "GUID",
-    "HeadersLike",
     "ClientHandshake",
     "Headers",
+    "HeadersLike",
     "Request",
     "Response",
     "ServerHandshake",
@@ -347,7 +347,9 @@ class ServerHandshake:
         if request.method != "GET":
             raise InvalidHandshake(f"WebSocket upgrade needs GET, not {request.method}", 400)
         if request.http_version != "1.1":
-            raise InvalidHandshake(f"WebSocket upgrade needs HTTP/1.1, not {request.http_version}", 400)
+            raise InvalidHandshake(
+                f"WebSocket upgrade needs HTTP/1.1, not {request.http_version}", 400
+            )
         if len(headers.get_all("Host")) != 1:
             raise _bad_header("Host", headers)
         if "websocket" not in parse_tokens(headers.get_all("Upgrade")):

@@ -395,7 +395,12 @@ class Protocol:
         """
         rcvd, sent = self.close_rcvd, self.close_sent
         ok_codes = (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD)
-        if rcvd is not None and sent is not None and rcvd.code in ok_codes and sent.code in ok_codes:
+        if (
+            rcvd is not None
+            and sent is not None
+            and rcvd.code in ok_codes
+            and sent.code in ok_codes
+        ):
             return ConnectionClosedOK(rcvd, sent, self.close_rcvd_then_sent)
         return ConnectionClosedError(rcvd, sent, self.close_rcvd_then_sent)
 

@@ -1,0 +1,45 @@
+"""The few event-loop primitives on the per-message path, bound once per connection.
+
+anyio runs the same code on trio and asyncio, but each of its calls first looks up
+the running backend (through sniffio), which costs about as much as the call
+itself. The connection manager calls a checkpoint and sets an event for every
+message, so it takes these three from the backend directly, once, when a
+connection is made: trio's own on trio, anyio's elsewhere. Everything else (task
+groups, streams, timeouts) goes through anyio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import sniffio
+
+__all__ = ["Backend", "current_backend"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    checkpoint: Callable[[], Awaitable[None]]
+    checkpoint_if_cancelled: Callable[[], Awaitable[None]]
+    Event: Callable[[], Any]
+
+
+def current_backend() -> Backend:
+    """The primitives of the event loop running this task."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return Backend(
+            trio.lowlevel.checkpoint,
+            trio.lowlevel.checkpoint_if_cancelled,
+            trio.Event,
+        )
+    return Backend(
+        anyio.lowlevel.checkpoint,
+        anyio.lowlevel.checkpoint_if_cancelled,
+        anyio.Event,
+    )
