@@ -22,7 +22,7 @@ def lint(session: nox.Session) -> None:
     """ruff: style, imports and common bugs."""
     session.install("ruff")
     session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py", "setup.py")
-    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py", "setup.py")
 
 
 @nox.session

@@ -17,14 +17,14 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - any build failure means "use pure Python"
-            print(f"trillium: C accelerator not built ({exc}); using pure Python", file=sys.stderr)
+        except Exception as exc:  # any build failure means "use pure Python"
+            print(f"trillium: C accelerator not built ({exc}); pure Python", file=sys.stderr)
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
-            print(f"trillium: could not build {ext.name} ({exc}); using pure Python", file=sys.stderr)
+        except Exception as exc:
+            print(f"trillium: {ext.name} not built ({exc}); pure Python", file=sys.stderr)
 
 
 ext_modules = []

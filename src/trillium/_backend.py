@@ -3,7 +3,7 @@
 anyio runs the same code on trio and asyncio, but each of its calls first looks up
 the running backend (through sniffio), which costs about as much as the call
 itself. The connection manager calls a checkpoint and sets an event for every
-message, so it takes these three from the backend directly, once, when a
+message, so it takes these from the backend directly, once, when a
 connection is made: trio's own on trio, anyio's elsewhere. Everything else (task
 groups, streams, timeouts) goes through anyio.
 """
@@ -26,6 +26,7 @@ class Backend:
     checkpoint: Callable[[], Awaitable[None]]
     checkpoint_if_cancelled: Callable[[], Awaitable[None]]
     Event: Callable[[], Any]
+    CancelScope: Callable[..., Any]
 
 
 def current_backend() -> Backend:
@@ -37,9 +38,11 @@ def current_backend() -> Backend:
             trio.lowlevel.checkpoint,
             trio.lowlevel.checkpoint_if_cancelled,
             trio.Event,
+            trio.CancelScope,
         )
     return Backend(
         anyio.lowlevel.checkpoint,
         anyio.lowlevel.checkpoint_if_cancelled,
         anyio.Event,
+        anyio.CancelScope,
     )

@@ -81,7 +81,7 @@ def basic_auth(
             ok = await ok
         if not ok:
             return _unauthorized(connection, realm, "Invalid credentials\n")
-        connection.username = username  # type: ignore[attr-defined]
+        connection.username = username
         return None
 
     return process_request

@@ -30,7 +30,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -112,6 +112,49 @@ class Connection:
     ``local_address``, ``remote_address``, ``close_code`` and ``close_reason``.
     """
 
+    # Slots, not a __dict__: a server holds thousands of these, mostly idle.
+    __slots__ = (
+        "_backend",
+        "_closed",
+        "_complete",
+        "_exception",
+        "_message_arrived",
+        "_messages",
+        "_out",
+        "_out_size",
+        "_pings",
+        "_queue_drained",
+        "_queue_high",
+        "_queue_low",
+        "_raw_socket",
+        "_read_size",
+        "_receiving",
+        "_scopes",
+        "_sends_since_yield",
+        "_task_group",
+        "_transport_closing",
+        "_write_drained",
+        "_write_high",
+        "_write_low",
+        "_writer_done",
+        "_writer_started",
+        "_writer_wakeup",
+        "_writing",
+        "close_timeout",
+        "id",
+        "initial_data",
+        "latency",
+        "logger",
+        "ping_interval",
+        "ping_timeout",
+        "protocol",
+        "request",
+        "response",
+        "stream",
+        "subprotocol",
+        "username",
+    )
+
     def __init__(
         self,
         stream: anyio.abc.ByteStream,
@@ -131,6 +174,8 @@ class Connection:
         self.request: Request | None = None
         self.response: Response | None = None
         self.subprotocol: str | None = None
+        #: Set by ``basic_auth`` once the client authenticated.
+        self.username: str | None = None
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.close_timeout = close_timeout
@@ -145,6 +190,7 @@ class Connection:
 
         # Incoming messages (and fragments of streamed ones) waiting for recv().
         self._messages: deque[Message] = deque()
+        self._complete = 0  # how many queued fragments end a message
         self._message_arrived: anyio.Event | None = None
         self._queue_drained: anyio.Event | None = None
         self._receiving = False
@@ -154,10 +200,14 @@ class Connection:
         self._writing = False
         self._raw_socket = _direct_socket(stream)
         self._sends_since_yield = 0
-        self._writer_wakeup = self._backend.Event()
+        self._writer_wakeup: anyio.Event | None = None
+        self._writer_started = False
         self._write_drained: anyio.Event | None = None
         # Pings awaiting their pong: payload -> (time sent, event set on pong).
-        self._pings: dict[bytes, tuple[float, anyio.Event]] = {}
+        self._pings: dict[bytes, tuple[float, anyio.Event]] | None = None
+        # The connection's task group, and the shielded scopes of its tasks.
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._scopes: list[anyio.CancelScope] = []
         # Set once the TCP connection is closed and everything is torn down.
         self._closed = self._backend.Event()
         self._transport_closing = False
@@ -212,32 +262,22 @@ class Connection:
         block. The background tasks are shielded from cancellation coming from
         outside, so that when the body is cancelled the close frame still goes out
         and the peer sees a proper closure rather than a dropped connection; they
-        are cancelled explicitly once the close is done.
+        are cancelled explicitly once the close is done. The writer task is only
+        started the first time the kernel doesn't take a write at once (on trio,
+        most connections never need it), which keeps idle connections small.
 
         An exception from the body propagates as itself, not wrapped in an
         exception group by the task group, so ``except ConnectionClosed`` around an
         ``async with connect(...)`` block works.
         """
         self.protocol = protocol
-        scopes: list[anyio.CancelScope] = []
         body_exc: BaseException | None = None
-
-        def start(task: Callable[[], Awaitable[None]], name: str) -> None:
-            scope = anyio.CancelScope(shield=True)
-            scopes.append(scope)
-
-            async def run() -> None:
-                with scope:
-                    await task()
-
-            tg.start_soon(run, name=f"trillium {name} {self.id}")
-
         try:
             async with anyio.create_task_group() as tg:
-                start(self._reader, "reader")
-                start(self._writer, "writer")
+                self._task_group = tg
+                tg.start_soon(self._reader, name=f"trillium reader {self.id}")
                 if self.ping_interval is not None:
-                    start(self._keepalive, "keepalive")
+                    tg.start_soon(self._keepalive, name=f"trillium keepalive {self.id}")
                 try:
                     yield self
                 except BaseException as exc:
@@ -246,21 +286,35 @@ class Connection:
                 finally:
                     with anyio.CancelScope(shield=True):
                         await self.close()
-                    for scope in scopes:
+                    self._task_group = None  # from now on, tasks start cancelled
+                    for scope in self._scopes:
                         scope.cancel()
         except BaseExceptionGroup as group:
             if body_exc is not None and _only_contains(group, body_exc):
                 raise body_exc from None
             raise
 
+    def _shielded(self) -> anyio.CancelScope:
+        """A scope for a background task: immune to outside cancellation, cancelled
+        by ``_running`` once the connection is closed."""
+        scope: anyio.CancelScope = self._backend.CancelScope(shield=True)
+        self._scopes.append(scope)
+        if self._task_group is None:  # the connection is done: don't outlive it
+            scope.cancel()
+        return scope
+
     async def _reader(self) -> None:
+        with self._shielded():
+            await self._read_frames()
+
+    async def _read_frames(self) -> None:
         protocol = self.protocol
         assert protocol is not None
         stream = self.stream
         messages = self._messages
         try:
             while True:
-                if len(messages) >= self._queue_high:
+                if len(messages) >= self._queue_high and self._complete:
                     # Stop reading: the kernel buffer fills and TCP pushes back on the peer.
                     self._queue_drained = self._backend.Event()
                     await self._queue_drained.wait()
@@ -282,6 +336,8 @@ class Connection:
                 for event in events:
                     if type(event) is Message:
                         messages.append(event)
+                        if event.final:
+                            self._complete += 1
                     elif type(event) is Pong:
                         self._pong_received(event.payload)
                     elif type(event) is Ping:
@@ -313,7 +369,22 @@ class Connection:
     def _close_wait(self) -> float:
         return self.close_timeout if self.close_timeout is not None else float("inf")
 
+    def _start_writer(self) -> None:
+        """Wake the writer, starting it the first time it is needed."""
+        if not self._writer_started:
+            if self._task_group is None:
+                return  # not running yet (or any more): nothing to write with
+            self._writer_started = True
+            self._writer_wakeup = self._backend.Event()
+            self._task_group.start_soon(self._writer, name=f"trillium writer {self.id}")
+        elif self._writer_wakeup is not None:
+            self._writer_wakeup.set()
+
     async def _writer(self) -> None:
+        with self._shielded():
+            await self._write_frames()
+
+    async def _write_frames(self) -> None:
         """Send whatever piled up in one write; once closing, flush and close the stream."""
         stream = self.stream
         try:
@@ -321,6 +392,7 @@ class Connection:
                 if not self._out:
                     if self._transport_closing:
                         break
+                    assert self._writer_wakeup is not None
                     await self._writer_wakeup.wait()
                     self._writer_wakeup = self._backend.Event()
                     continue
@@ -379,7 +451,7 @@ class Connection:
                     out.append(pending[sent:])
             if not out:
                 return
-        self._writer_wakeup.set()
+        self._start_writer()
 
     def _wake_senders(self) -> None:
         if self._write_drained is not None:
@@ -394,6 +466,10 @@ class Connection:
             await self._write_drained.wait()
 
     async def _keepalive(self) -> None:
+        with self._shielded():
+            await self._ping_periodically()
+
+    async def _ping_periodically(self) -> None:
         assert self.ping_interval is not None
         while True:
             await anyio.sleep(self.ping_interval)
@@ -419,7 +495,7 @@ class Connection:
         if self.protocol.state is State.OPEN:
             self._write(self.protocol.send_close(code, reason))
         self._transport_closing = True
-        self._writer_wakeup.set()
+        self._start_writer()
 
     async def _close_transport(self) -> None:
         """Flush what is queued (at most close_timeout), close the stream, wake everyone."""
@@ -431,12 +507,13 @@ class Connection:
             if self._message_arrived is not None:
                 self._message_arrived.set()
             self._wake_senders()
-            for _, event in self._pings.values():
+            for _, event in (self._pings or {}).values():
                 event.set()
 
     async def _abort(self) -> None:
         self._transport_closing = True
-        self._writer_wakeup.set()
+        if self._writer_wakeup is not None:
+            self._writer_wakeup.set()
         with suppress(*_STREAM_ERRORS):
             await self.stream.aclose()
 
@@ -449,19 +526,33 @@ class Connection:
         otherwise, and ConcurrencyError if another task is already receiving.
         ``decode=False`` returns text as UTF-8 bytes, ``decode=True`` binary as text.
         """
-        messages = self._messages
-        if messages and messages[0].final and not self._receiving:
-            # Fast path: a whole message is waiting.
+        if self._receiving:
+            raise ConcurrencyError("another task is already receiving a message")
+        if self._complete:
             await self._backend.checkpoint_if_cancelled()
-            return _decode(self._pop().data, decode)
-        parts = [frag async for frag in self._fragments()]
-        if len(parts) == 1:
-            data = parts[0]
-        elif isinstance(parts[0], str):
-            data = "".join(parts)  # type: ignore[arg-type]
         else:
-            data = b"".join(parts)  # type: ignore[arg-type]
-        return _decode(data, decode)
+            # Wait for a whole message before taking any of it, so that cancelling
+            # recv() never loses a fragment.
+            self._receiving = True
+            try:
+                while not self._complete:
+                    if self._closed.is_set():
+                        raise self._closed_exception()
+                    self._message_arrived = self._backend.Event()
+                    await self._message_arrived.wait()
+            finally:
+                self._receiving = False
+                self._message_arrived = None
+        message = self._pop()
+        if message.final:
+            return _decode(message.data, decode)
+        parts = [message.data]
+        while not message.final:
+            message = self._pop()
+            parts.append(message.data)
+        if isinstance(parts[0], str):
+            return _decode("".join(parts), decode)
+        return _decode(b"".join(parts), decode)
 
     async def recv_streaming(self, decode: bool | None = None) -> AsyncIterator[Data]:
         """Receive the next message fragment by fragment, as the frames arrive.
@@ -493,7 +584,7 @@ class Connection:
             await self._backend.checkpoint_if_cancelled()
         else:
             while not messages:
-                if self._closed.is_set() or self.protocol is None:
+                if self._closed.is_set():
                     raise self._closed_exception()
                 self._message_arrived = self._backend.Event()
                 await self._message_arrived.wait()
@@ -504,6 +595,8 @@ class Connection:
         """Take the oldest queued message; let the reader resume below the low mark."""
         messages = self._messages
         message = messages.popleft()
+        if message.final:
+            self._complete -= 1
         if self._queue_drained is not None and len(messages) <= self._queue_low:
             self._queue_drained.set()
             self._queue_drained = None
@@ -625,6 +718,8 @@ class Connection:
         ``data`` (at most 125 bytes) defaults to four random bytes. Raises
         ConnectionClosed if the connection closes first.
         """
+        if self._pings is None:
+            self._pings = {}
         if data is None:
             payload = os.urandom(4)
             while payload in self._pings:
@@ -650,7 +745,7 @@ class Connection:
 
     def _pong_received(self, payload: bytes) -> None:
         """A pong answers its ping and every ping sent before it (RFC 6455 §5.5.3)."""
-        if payload not in self._pings:
+        if self._pings is None or payload not in self._pings:
             return  # unsolicited pong: a heartbeat, nothing to do
         now = time.monotonic()
         for key in list(self._pings):
