@@ -198,7 +198,7 @@ class Connection:
         self._out: list[bytes] = []
         self._out_size = 0
         self._writing = False
-        self._raw_socket = _direct_socket(stream)
+        self._raw_socket: Any = None  # set by _running, once the stream is final
         self._sends_since_yield = 0
         self._writer_wakeup: anyio.Event | None = None
         self._writer_started = False
@@ -271,6 +271,7 @@ class Connection:
         ``async with connect(...)`` block works.
         """
         self.protocol = protocol
+        self._raw_socket = _direct_socket(self.stream)  # after any TLS wrapping
         body_exc: BaseException | None = None
         try:
             async with anyio.create_task_group() as tg:
