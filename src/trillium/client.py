@@ -31,6 +31,7 @@ import anyio.abc
 
 from . import __version__
 from .connection import _STREAM_ERRORS, Connection, WaterMarks
+from .core.deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 from .core.handshake import ClientHandshake, HeadersLike
 from .core.protocol import CLIENT, Protocol
 from .exceptions import (
@@ -38,6 +39,7 @@ from .exceptions import (
     InvalidHandshake,
     InvalidStatus,
     InvalidURI,
+    NegotiationError,
 )
 from .uri import WebSocketURI, parse_uri
 
@@ -93,6 +95,7 @@ async def _handshake(
     additional_headers: HeadersLike | None,
     user_agent_header: str | None,
     max_size: int | None,
+    deflate: ClientPerMessageDeflateFactory | None,
 ) -> Protocol:
     headers: list[tuple[str, str]] = []
     if uri.user_info is not None:
@@ -112,6 +115,7 @@ async def _handshake(
         subprotocols=subprotocols or (),
         headers=headers,
         user_agent=user_agent_header,
+        extensions=[deflate.offer()] if deflate is not None else (),
     )
     connection.request = handshake.request
     stream = connection.stream
@@ -129,7 +133,25 @@ async def _handshake(
         connection.response = handshake.response
     connection.subprotocol = handshake.subprotocol
     connection.initial_data = handshake.trailing_data
-    return Protocol(CLIENT, max_size=max_size, streaming=True)
+    extensions: list[PerMessageDeflate] = []
+    for name, params in handshake.extensions:
+        # ClientHandshake already refused extensions we didn't offer.
+        if extensions:
+            raise NegotiationError(f"server accepted {name} twice")
+        assert deflate is not None
+        extensions.append(deflate.accept(params))
+    return Protocol(CLIENT, max_size=max_size, streaming=True, extensions=extensions)
+
+
+def _client_deflate(
+    compression: str | ClientPerMessageDeflateFactory | None,
+) -> ClientPerMessageDeflateFactory | None:
+    """The permessage-deflate offer for ``compression``: "deflate", a factory, or None."""
+    if compression is None or isinstance(compression, ClientPerMessageDeflateFactory):
+        return compression
+    if compression == "deflate":
+        return ClientPerMessageDeflateFactory()
+    raise ValueError(f"unsupported compression: {compression!r}")
 
 
 @asynccontextmanager
@@ -140,7 +162,7 @@ async def connect(
     subprotocols: Sequence[str] | None = None,
     additional_headers: HeadersLike | None = None,
     user_agent_header: str | None = USER_AGENT,
-    compression: str | None = None,
+    compression: str | ClientPerMessageDeflateFactory | None = "deflate",
     open_timeout: float | None = 10,
     ping_interval: float | None = 20,
     ping_timeout: float | None = 20,
@@ -166,8 +188,7 @@ async def connect(
     and body), a bad URI ``InvalidURI``, a slow handshake ``TimeoutError`` after
     ``open_timeout``. The other options mirror ``serve``.
     """
-    if compression not in (None, "deflate"):
-        raise ValueError(f"unsupported compression: {compression!r}")
+    deflate = _client_deflate(compression)
     parsed = parse_uri(uri)
     if parsed.secure is False and isinstance(ssl, ssl_module.SSLContext):
         raise ValueError("ssl is only for wss:// URIs")
@@ -196,6 +217,7 @@ async def connect(
                     additional_headers=additional_headers,
                     user_agent_header=user_agent_header,
                     max_size=max_size,
+                    deflate=deflate,
                 )
             except InvalidStatus as exc:
                 await connection._abort()

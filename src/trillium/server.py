@@ -43,7 +43,9 @@ if sys.version_info < (3, 11):
 from . import __version__
 from .connection import _STREAM_ERRORS, Connection, WaterMarks, _only_contains, _water_marks
 from .core.close import CloseCode
+from .core.deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
 from .core.handshake import Headers, Request, Response, ServerHandshake, serialize_response
+from .core.headers import ExtensionHeader
 from .core.protocol import SERVER, Protocol
 from .exceptions import ConnectionClosed, InvalidHandshake
 
@@ -66,6 +68,13 @@ SERVER_HEADER = f"Python trillium/{__version__}"
 
 class ServerConnection(Connection):
     """A connection accepted by ``serve``: ``Connection`` plus ``respond()``."""
+
+    __slots__ = ("extension",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The negotiated permessage-deflate, if any.
+        self.extension: PerMessageDeflate | None = None
 
     def respond(self, status: int, text: str) -> Response:
         """A plain-text response, to return from ``process_request`` to reject a client.
@@ -104,7 +113,7 @@ class WebSocketServer:
         make_listeners: Callable[[], Awaitable[list[anyio.abc.SocketListener]]],
         *,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
-        compression: str | None = None,
+        compression: str | ServerPerMessageDeflateFactory | None = "deflate",
         origins: Sequence[Origin] | None = None,
         subprotocols: Sequence[str] | None = None,
         select_subprotocol: SelectSubprotocol | None = None,
@@ -121,8 +130,7 @@ class WebSocketServer:
         max_header_size: int = 16 * 1024,
         ssl: ssl_module.SSLContext | None = None,
     ) -> None:
-        if compression not in (None, "deflate"):
-            raise ValueError(f"unsupported compression: {compression!r}")
+        self.deflate = _server_deflate(compression)
         _water_marks(max_queue), _water_marks(write_limit)  # fail now, not at 1st connection
         self.handler = handler
         self._make_listeners = make_listeners
@@ -327,7 +335,10 @@ class WebSocketServer:
                 self.logger.info("rejected connection: HTTP %d", response.status_code)
                 return None
             connection.subprotocol = response.headers.get("Sec-WebSocket-Protocol")
-            protocol = Protocol(SERVER, max_size=self.max_size, streaming=True)
+            extensions = [connection.extension] if connection.extension is not None else []
+            protocol = Protocol(
+                SERVER, max_size=self.max_size, streaming=True, extensions=extensions
+            )
             # Frames the client sent right behind its request go to the reader first.
             connection.initial_data = handshake.trailing_data
             return protocol
@@ -366,7 +377,24 @@ class WebSocketServer:
                     f"(offered {', '.join(offered)}; supported {', '.join(self.subprotocols)}).\n"
                 )
                 return handshake.reject_response(400, body=body.encode())
-        return handshake.accept_response(request, subprotocol=subprotocol)
+        extensions: list[ExtensionHeader] = []
+        if self.deflate is not None:
+            negotiated = self.deflate.negotiate(request.extensions)
+            if negotiated is not None:
+                answer, connection.extension = negotiated
+                extensions.append(answer)
+        return handshake.accept_response(request, subprotocol=subprotocol, extensions=extensions)
+
+
+def _server_deflate(
+    compression: str | ServerPerMessageDeflateFactory | None,
+) -> ServerPerMessageDeflateFactory | None:
+    """The permessage-deflate settings for ``compression``: "deflate", a factory, or None."""
+    if compression is None or isinstance(compression, ServerPerMessageDeflateFactory):
+        return compression
+    if compression == "deflate":
+        return ServerPerMessageDeflateFactory()
+    raise ValueError(f"unsupported compression: {compression!r}")
 
 
 async def _send_quietly(stream: anyio.abc.ByteStream, data: bytes) -> None:
@@ -432,7 +460,9 @@ def serve(
 
     Options (keywords, as in websockets): ``origins``, ``subprotocols``,
     ``select_subprotocol``, ``process_request``, ``process_response``,
-    ``server_header``, ``compression``, ``open_timeout=10``, ``ping_interval=20``,
+    ``server_header``, ``compression`` ("deflate", the default, negotiates
+    permessage-deflate; None turns it off; a ``ServerPerMessageDeflateFactory`` sets
+    its parameters), ``open_timeout=10``, ``ping_interval=20``,
     ``ping_timeout=20``, ``close_timeout=10``, ``max_size=2**20``, ``max_queue=16``,
     ``write_limit=2**15``, ``max_header_size``, ``ssl`` (an ``SSLContext`` for wss),
     ``sock`` (an already bound, listening socket), ``reuse_port``, ``logger``.

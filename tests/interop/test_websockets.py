@@ -162,7 +162,7 @@ async def test_server_messages_ping_subprotocol_and_close() -> None:
             observed = await run_websockets_client(port, "full")
             await recorder.wait()
     # What the websockets client saw.
-    assert observed["extensions"] == []  # permessage-deflate was offered and declined
+    assert observed["extensions"] == ["PerMessageDeflate"]  # offered and accepted
     assert observed["subprotocol"] == "chat.v1"
     assert observed["server_subprotocol"] == "chat.v1"
     assert 0 <= observed["ping_latency"] < 10  # type: ignore[operator]

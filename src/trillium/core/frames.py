@@ -193,6 +193,9 @@ class FrameParser:
         if op is None:
             raise ProtocolError(f"reserved opcode 0x{opcode:x}")
         if opcode >= 0x8:
+            if rsv:
+                # Extensions define RSV bits for data frames only (RFC 7692 §6.1).
+                raise ProtocolError(f"reserved bits set on a control frame ({op.name})")
             if not fin:
                 raise ProtocolError(f"fragmented control frame ({op.name})")
             if length > MAX_CONTROL_PAYLOAD:
