@@ -30,7 +30,7 @@ import anyio
 import anyio.abc
 
 from . import __version__
-from .connection import _STREAM_ERRORS, Connection, WaterMarks
+from .connection import _STREAM_ERRORS, Connection, WaterMarks, read_handshake
 from .core.deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 from .core.handshake import ClientHandshake, HeadersLike
 from .core.protocol import CLIENT, Protocol
@@ -121,14 +121,7 @@ async def _handshake(
     stream = connection.stream
     await stream.send(handshake.data_to_send())
     try:
-        while True:
-            try:
-                data = await stream.receive(65536)
-            except anyio.EndOfStream:
-                data = b""
-            response = handshake.receive_data(data)
-            if response is not None:
-                break
+        await read_handshake(stream, handshake.receive_data)
     finally:
         connection.response = handshake.response
     connection.subprotocol = handshake.subprotocol

@@ -30,9 +30,9 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -80,6 +80,25 @@ def _direct_socket(stream: anyio.abc.ByteStream) -> Any:
     if type(stream).__module__ != "anyio._backends._trio":
         return None
     return stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+
+
+T = TypeVar("T")
+
+
+async def read_handshake(stream: anyio.abc.ByteStream, feed: Callable[[bytes], T | None]) -> T:
+    """Feed what ``stream`` gives to a handshake parser until it returns its result.
+
+    ``feed`` is a ``ClientHandshake``'s or ``ServerHandshake``'s ``receive_data``:
+    it gets ``b""`` at end of file, and raises InvalidHandshake when it must.
+    """
+    while True:
+        try:
+            data = await stream.receive(65536)
+        except anyio.EndOfStream:
+            data = b""
+        result = feed(data)
+        if result is not None:
+            return result
 
 
 def _water_marks(limit: WaterMarks, default_low_ratio: int = 4) -> tuple[int, int]:

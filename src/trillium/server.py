@@ -41,7 +41,14 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 from . import __version__
-from .connection import _STREAM_ERRORS, Connection, WaterMarks, _only_contains, _water_marks
+from .connection import (
+    _STREAM_ERRORS,
+    Connection,
+    WaterMarks,
+    _only_contains,
+    _water_marks,
+    read_handshake,
+)
 from .core.close import CloseCode
 from .core.deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
 from .core.handshake import Headers, Request, Response, ServerHandshake, serialize_response
@@ -309,14 +316,7 @@ class WebSocketServer:
             stream = connection.stream
             handshake = ServerHandshake(max_header_size=self.max_header_size)
             try:
-                while True:
-                    try:
-                        data = await stream.receive(65536)
-                    except anyio.EndOfStream:
-                        data = b""
-                    request = handshake.receive_data(data)
-                    if request is not None:
-                        break
+                request = await read_handshake(stream, handshake.receive_data)
             except InvalidHandshake as exc:
                 self.logger.info("invalid opening handshake: %s", exc)
                 await _send_quietly(stream, handshake.reject_invalid(exc))
