@@ -334,8 +334,14 @@ class Connection:
         messages = self._messages
         try:
             while True:
-                if len(messages) >= self._queue_high and self._complete:
+                if (
+                    len(messages) >= self._queue_high
+                    and self._complete
+                    and protocol.state is State.OPEN
+                ):
                     # Stop reading: the kernel buffer fills and TCP pushes back on the peer.
+                    # Not once we sent a close frame: the peer's close must get through,
+                    # even if nobody reads messages any more.
                     self._queue_drained = self._backend.Event()
                     await self._queue_drained.wait()
                     continue
@@ -355,6 +361,8 @@ class Connection:
                     self.logger.info("failing connection %s: %s", self.id, exc)
                 for event in events:
                     if type(event) is Message:
+                        if len(messages) >= self._queue_high and protocol.state is not State.OPEN:
+                            continue  # closing, and nobody is reading: don't grow without bound
                         messages.append(event)
                         if event.final:
                             self._complete += 1
@@ -515,6 +523,7 @@ class Connection:
         if self.protocol.state is State.OPEN:
             self._write(self.protocol.send_close(code, reason))
         self._transport_closing = True
+        self._resume_reading()
         self._start_writer()
 
     async def _close_transport(self) -> None:
@@ -532,6 +541,7 @@ class Connection:
 
     async def _abort(self) -> None:
         self._transport_closing = True
+        self._resume_reading()  # the reader then meets the closed stream and tears down
         if self._writer_wakeup is not None:
             self._writer_wakeup.set()
         with suppress(*_STREAM_ERRORS):
@@ -617,10 +627,14 @@ class Connection:
         message = messages.popleft()
         if message.final:
             self._complete -= 1
-        if self._queue_drained is not None and len(messages) <= self._queue_low:
+        if len(messages) <= self._queue_low:
+            self._resume_reading()
+        return message
+
+    def _resume_reading(self) -> None:
+        if self._queue_drained is not None:
             self._queue_drained.set()
             self._queue_drained = None
-        return message
 
     def __aiter__(self) -> AsyncIterator[Data]:
         return self._iterate()
@@ -800,6 +814,7 @@ class Connection:
             return
         if protocol.state is State.OPEN and not self._transport_closing:
             self._write(protocol.send_close(code, reason))
+            self._resume_reading()  # the peer's close must get through a full queue
         with anyio.move_on_after(self._close_wait()):
             await self._closed.wait()
         if not self._closed.is_set():
