@@ -137,6 +137,7 @@ class Connection:
         "_closed",
         "_complete",
         "_exception",
+        "_id",
         "_message_arrived",
         "_messages",
         "_out",
@@ -160,7 +161,6 @@ class Connection:
         "_writer_wakeup",
         "_writing",
         "close_timeout",
-        "id",
         "initial_data",
         "latency",
         "logger",
@@ -186,7 +186,7 @@ class Connection:
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         read_size: int = 262144,
     ) -> None:
-        self.id = uuid.uuid4()
+        self._id: uuid.UUID | None = None
         self._backend = current_backend()
         self.stream = stream
         self.protocol: Protocol | None = None
@@ -225,7 +225,7 @@ class Connection:
         # Pings awaiting their pong: payload -> (time sent, event set on pong).
         self._pings: dict[bytes, tuple[float, anyio.Event]] | None = None
         # The connection's task group, and the shielded scopes of its tasks.
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._task_group: Any = None  # a trio nursery or an anyio task group
         self._scopes: list[anyio.CancelScope] = []
         # Set once the TCP connection is closed and everything is torn down.
         self._closed = self._backend.Event()
@@ -234,6 +234,13 @@ class Connection:
         self._exception: BaseException | None = None
 
     # ------------------------------------------------------------------ addresses
+
+    @property
+    def id(self) -> uuid.UUID:
+        """A unique identifier for the connection, e.g. for logs (made on first use)."""
+        if self._id is None:
+            self._id = uuid.uuid4()
+        return self._id
 
     @property
     def local_address(self) -> Any:
@@ -293,18 +300,18 @@ class Connection:
         self._raw_socket = _direct_socket(self.stream)  # after any TLS wrapping
         body_exc: BaseException | None = None
         try:
-            async with anyio.create_task_group() as tg:
+            async with self._backend.open_task_group() as tg:
                 self._task_group = tg
-                tg.start_soon(self._reader, name=f"trillium reader {self.id}")
+                tg.start_soon(self._reader, name="trillium reader")
                 if self.ping_interval is not None:
-                    tg.start_soon(self._keepalive, name=f"trillium keepalive {self.id}")
+                    tg.start_soon(self._keepalive, name="trillium keepalive")
                 try:
                     yield self
                 except BaseException as exc:
                     body_exc = exc
                     raise
                 finally:
-                    with anyio.CancelScope(shield=True):
+                    with self._backend.CancelScope(shield=True):
                         await self.close()
                     self._task_group = None  # from now on, tasks start cancelled
                     for scope in self._scopes:
@@ -382,7 +389,7 @@ class Connection:
                     # §7.1.1); the client waits for that, at most close_timeout.
                     if protocol.role is SERVER:
                         break
-                    with anyio.move_on_after(self._close_wait()):
+                    with self._backend.move_on_after(self._close_wait()):
                         while True:
                             try:
                                 if not await stream.receive(self._read_size):
@@ -391,7 +398,7 @@ class Connection:
                                 break
                     break
         finally:
-            with anyio.CancelScope(shield=True):
+            with self._backend.CancelScope(shield=True):
                 await self._close_transport()
 
     def _close_wait(self) -> float:
@@ -404,7 +411,7 @@ class Connection:
                 return  # not running yet (or any more): nothing to write with
             self._writer_started = True
             self._writer_wakeup = self._backend.Event()
-            self._task_group.start_soon(self._writer, name=f"trillium writer {self.id}")
+            self._task_group.start_soon(self._writer, name="trillium writer")
         elif self._writer_wakeup is not None:
             self._writer_wakeup.set()
 
@@ -444,7 +451,7 @@ class Connection:
             self._out.clear()
             self._out_size = 0
             self._wake_senders()
-            with anyio.CancelScope(shield=True):
+            with self._backend.CancelScope(shield=True):
                 await self._abort()
 
     def _write(self, data: bytes) -> None:
@@ -529,8 +536,9 @@ class Connection:
     async def _close_transport(self) -> None:
         """Flush what is queued (at most close_timeout), close the stream, wake everyone."""
         if not self._closed.is_set():
-            with anyio.move_on_after(self._close_wait()):
-                await self._flush()
+            if self._out_size:
+                with self._backend.move_on_after(self._close_wait()):
+                    await self._flush()
             await self._abort()
             self._closed.set()
             if self._message_arrived is not None:
@@ -815,12 +823,13 @@ class Connection:
         if protocol.state is State.OPEN and not self._transport_closing:
             self._write(protocol.send_close(code, reason))
             self._resume_reading()  # the peer's close must get through a full queue
-        with anyio.move_on_after(self._close_wait()):
-            await self._closed.wait()
+        if not self._closed.is_set():
+            with self._backend.move_on_after(self._close_wait()):
+                await self._closed.wait()
         if not self._closed.is_set():
             self.logger.debug("connection %s: close timed out; dropping TCP", self.id)
             await self._abort()
-            with anyio.move_on_after(1):
+            with self._backend.move_on_after(1):
                 await self._closed.wait()
 
     async def wait_closed(self) -> None:

@@ -41,6 +41,7 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 from . import __version__
+from ._backend import current_backend
 from .connection import (
     _STREAM_ERRORS,
     Connection,
@@ -161,7 +162,7 @@ class WebSocketServer:
         self.connections: set[ServerConnection] = set()
         self.listeners: list[anyio.abc.SocketListener] = []
         self._stack: AsyncExitStack | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._task_group: Any = None  # a trio nursery or an anyio task group
         self._accepting = anyio.CancelScope()
         self._handler_scopes: dict[ServerConnection, anyio.CancelScope] = {}
         self._closed = anyio.Event()
@@ -181,7 +182,8 @@ class WebSocketServer:
         async with AsyncExitStack() as stack:
             for listener in self.listeners:
                 stack.push_async_callback(listener.aclose)
-            self._task_group = await stack.enter_async_context(anyio.create_task_group())
+            backend = current_backend()
+            self._task_group = await stack.enter_async_context(backend.open_task_group())
             for listener in self.listeners:
                 self._task_group.start_soon(self._accept_loop, listener)
             for sock in self.sockets:
@@ -277,13 +279,13 @@ class WebSocketServer:
             self.logger.info("opening handshake failed: %s", exc)
             protocol = None
         if protocol is None:
-            with anyio.CancelScope(shield=True):
+            with connection._backend.CancelScope(shield=True):
                 await connection._abort()
             return
         # Shielded: when the server is cancelled, close() still closes this
         # connection with 1001 and gives the handler close_timeout to finish, then
         # cancels it through this scope.
-        scope = anyio.CancelScope(shield=True)
+        scope = connection._backend.CancelScope(shield=True)
         self._handler_scopes[connection] = scope
         self.connections.add(connection)
         try:

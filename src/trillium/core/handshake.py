@@ -27,6 +27,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -59,6 +60,7 @@ __all__ = [
     "ServerHandshake",
     "accept_key",
     "generate_key",
+    "parse_request_head",
     "select_subprotocol",
     "serialize_response",
 ]
@@ -144,6 +146,40 @@ def _h11_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
 
 def _encode_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.raw_items()]
+
+
+# RFC 9110/9112 grammar, strict: a token method, a target without spaces or controls,
+# and header fields "name: value" with no obsolete line folding.
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e\x80-\xff]+) HTTP/(\d\.\d)")
+_FIELD = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[ \t\x21-\x7e\x80-\xff]*"
+    rb"[\x21-\x7e\x80-\xff])?)?)[ \t]*"
+)
+
+
+def parse_request_head(head: bytes) -> Request:
+    """Parse an HTTP/1.1 request head (without its final empty line) into a Request.
+
+    Raises InvalidHandshake (400) for anything that isn't well-formed HTTP/1.1:
+    this is the one place the server reads a client's bytes before the upgrade.
+
+        >>> parse_request_head(b"GET /chat HTTP/1.1\\r\\nHost: example.com").headers["host"]
+        'example.com'
+    """
+    lines = head.split(b"\r\n")
+    match = _REQUEST_LINE.fullmatch(lines[0])
+    if match is None:
+        raise InvalidHandshake(f"malformed request line: {lines[0][:100]!r}", 400)
+    method, target, version = match.groups()
+    headers = Headers()
+    for line in lines[1:]:
+        field = _FIELD.fullmatch(line)
+        if field is None:
+            raise InvalidHandshake(f"malformed header line: {line[:100]!r}", 400)
+        headers[field.group(1).decode("ascii")] = field.group(2).decode("latin-1")
+    return Request(
+        target.decode("latin-1"), headers, method.decode("ascii"), version.decode("ascii")
+    )
 
 
 def select_subprotocol(offered: Sequence[str], supported: Sequence[str]) -> str | None:
@@ -301,44 +337,41 @@ class ServerHandshake:
     """
 
     def __init__(self, *, max_header_size: int = MAX_HEADER_SIZE) -> None:
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
+        self.max_header_size = max_header_size
+        self._buffer = b""
         self.request: Request | None = None
         self.response: Response | None = None
         #: Bytes received after the request head: the first frames, for the protocol.
         self.trailing_data = b""
 
     def receive_data(self, data: bytes) -> Request | None:
-        """Feed the client's bytes; return the validated Request once it is complete."""
-        conn = self._h11
-        try:
-            conn.receive_data(data)
-            event = conn.next_event()
-            while isinstance(event, h11.Data):
-                event = conn.next_event()  # a GET has no body worth reading
-            if event is h11.NEED_DATA:
-                if not data:
-                    raise InvalidHandshake("connection closed during the opening handshake", 400)
-                return None
-            if isinstance(event, h11.ConnectionClosed):
-                raise InvalidHandshake("connection closed during the opening handshake", 400)
-        except h11.RemoteProtocolError as exc:
-            raise InvalidHandshake(f"malformed HTTP request: {exc}", 400) from None
-        if not isinstance(event, h11.Request):
-            raise InvalidHandshake(f"unexpected HTTP event {type(event).__name__}", 400)
-        request = Request(
-            event.target.decode("latin-1"),
-            _h11_headers(event.headers),
-            event.method.decode("latin-1"),
-            event.http_version.decode("latin-1"),
-        )
+        """Feed the client's bytes; return the validated Request once it is complete.
+
+        ``b""`` means the client closed the connection. A head longer than
+        ``max_header_size`` is refused with 431.
+        """
+        if self.request is not None:
+            raise InvalidHandshake("the request was already received", 400)
+        if not data:
+            raise InvalidHandshake("connection closed during the opening handshake", 400)
+        buffer = self._buffer + data if self._buffer else bytes(data)
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > self.max_header_size:
+                raise InvalidHandshake("request head too large", 431)
+            self._buffer = buffer
+            return None
+        if end + 4 > self.max_header_size:
+            raise InvalidHandshake("request head too large", 431)
+        self._buffer = b""
+        request = parse_request_head(buffer[:end])
         self.request = request
         self._check_request(request)
-        # Drain the (empty) body so h11 hands over the bytes that follow the request.
-        while not isinstance(event, h11.EndOfMessage):
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                break
-        self.trailing_data = conn.trailing_data[0]
+        if request.headers.get("Content-Length", "0") != "0" or (
+            "Transfer-Encoding" in request.headers
+        ):
+            raise InvalidHandshake("an upgrade request has no body", 400)
+        self.trailing_data = buffer[end + 4 :]
         return request
 
     @staticmethod
@@ -493,6 +526,7 @@ REASON_PHRASES = {
     405: "Method Not Allowed",
     426: "Upgrade Required",
     429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
