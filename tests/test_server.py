@@ -643,3 +643,30 @@ def test_task_group_start_returns_a_server_on_asyncio() -> None:
                 tg.cancel_scope.cancel()
 
     anyio.run(main, backend="asyncio")
+
+
+async def test_process_request_can_answer_a_plain_http_request() -> None:
+    """A GET without Upgrade (a health check, a page) reaches process_request, which may
+    answer it; without an answer it still gets 400."""
+
+    def health(connection: trillium.ServerConnection, request: Request) -> Response | None:
+        if request.path == "/healthz":
+            return connection.respond(200, "OK\n")
+        return None
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        await ws.send("upgraded")
+
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trillium.serve(handler, "127.0.0.1", 0, process_request=health) as server:
+            port = port_of(server)
+            for path, status in [("/healthz", b"200"), ("/other", b"400")]:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    answer += await stream.receive_some()
+                assert answer.split(b" ")[1] == status
+                await stream.aclose()
+            async with trillium.connect(f"ws://127.0.0.1:{port}/") as ws:
+                assert await ws.recv() == "upgraded"

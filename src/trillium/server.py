@@ -320,11 +320,22 @@ class WebSocketServer:
             try:
                 request = await read_handshake(stream, handshake.receive_data)
             except InvalidHandshake as exc:
-                self.logger.info("invalid opening handshake: %s", exc)
-                await _send_quietly(stream, handshake.reject_invalid(exc))
-                return None
-            connection.request = request
-            response = await self._respond(connection, handshake, request)
+                # A well-formed HTTP request that isn't an upgrade (a health check, a
+                # page) still goes to process_request, which may answer it, as in
+                # websockets; otherwise it gets the 400, 426 or 431 it deserves.
+                answer = None
+                if handshake.request is not None:
+                    connection.request = handshake.request
+                    answer = await self._process_request(connection, handshake)
+                if answer is None:
+                    self.logger.info("invalid opening handshake: %s", exc)
+                    await _send_quietly(stream, handshake.reject_invalid(exc))
+                    return None
+                assert handshake.request is not None
+                request, response = handshake.request, answer
+            else:
+                connection.request = request
+                response = await self._respond(connection, handshake, request)
             if self.server_header is not None and "Server" not in response.headers:
                 response.headers["Server"] = self.server_header
             if self.process_response is not None:
@@ -345,6 +356,23 @@ class WebSocketServer:
             connection.initial_data = handshake.trailing_data
             return protocol
 
+    async def _process_request(
+        self, connection: ServerConnection, handshake: ServerHandshake
+    ) -> Response | None:
+        """The Response ``process_request`` answers with (completed), or None to go on."""
+        if self.process_request is None:
+            return None
+        assert connection.request is not None
+        response = await _maybe_await(self.process_request(connection, connection.request))
+        if response is None:
+            return None
+        return handshake.reject_response(
+            response.status_code,
+            response.headers,
+            response.body,
+            response.reason_phrase or None,
+        )
+
     async def _respond(
         self, connection: ServerConnection, handshake: ServerHandshake, request: Request
     ) -> Response:
@@ -353,15 +381,9 @@ class WebSocketServer:
             return handshake.reject_response(
                 403, body=b"Failed to open a WebSocket connection: origin not allowed.\n"
             )
-        if self.process_request is not None:
-            response = await _maybe_await(self.process_request(connection, request))
-            if response is not None:
-                return handshake.reject_response(
-                    response.status_code,
-                    response.headers,
-                    response.body,
-                    response.reason_phrase or None,
-                )
+        rejection = await self._process_request(connection, handshake)
+        if rejection is not None:
+            return rejection
         offered = request.subprotocols
         subprotocol: str | None = None
         if self.select_subprotocol is not None:
