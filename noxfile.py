@@ -18,6 +18,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def notebooks(session: nox.Session) -> None:
+    """Execute the notebooks in a real Jupyter kernel and check their outputs."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/test_notebooks.py", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff: style, imports and common bugs."""
     session.install("ruff")
@@ -34,6 +41,26 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark suite: trillium against real peers, measured in the same run."""
-    session.install("-e", ".[test]")
-    session.run("python", "benchmarks/core.py", *session.posargs)
+    """The benchmark suite: trillium against real peers, measured in the same run.
+
+    ``core.py`` (the framing core, in-process), then ``echo.py`` (servers and clients
+    over TCP, each in its own process).
+    """
+    session.install("-e", ".[test]", "picows")
+    # ``nox -s bench -- --quick`` shortens both; echo.py's other options
+    # (``--only``, ``--sections``) go to it alone.
+    quick = ["--quick"] if "--quick" in session.posargs else []
+    session.run("python", "benchmarks/core.py", *quick)
+    session.run("python", "benchmarks/echo.py", *session.posargs)
+    # The blocking and asyncio faces against simple-websocket's and websockets' clients.
+    session.run(
+        "python", "benchmarks/faces.py", *(["--quick"] if "--quick" in session.posargs else [])
+    )
+    # ASGI servers: `trillium serve` against uvicorn (with uvloop and httptools, as
+    # uvicorn[standard] has them) and hypercorn (trio worker), on one Starlette app.
+    session.install("uvloop", "httptools")
+    session.run(
+        "python", "benchmarks/asgi.py", *(["--quick"] if "--quick" in session.posargs else [])
+    )
+    # Compressed echo (permessage-deflate) against websockets, both compressing.
+    session.run("python", "benchmarks/compression.py", *quick)

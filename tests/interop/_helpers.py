@@ -7,7 +7,8 @@ speaks to the test on its stdout, one JSON object a line: a server first prints
 it made passed. Peers' stderr goes to pytest's capture, so it shows on failure.
 
 The payloads are the same everywhere (see ``peers/_common.py`` and the Node and
-browser scripts): ``TEXT``, ``BINARY`` and the 1 MiB ``BIG`` message.
+browser scripts): ``TEXT``, ``BINARY`` and the 1 MiB ``BIG`` message, and for the
+permessage-deflate scenarios the compressible ``JSON_TEXT`` and ``ZEBRA``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import pytest
 import trio
 
 import trillium
+from trillium.core.deflate import PerMessageDeflate
+from trillium.core.frames import RSV1, Frame
 from trillium.exceptions import ConnectionClosed
 
 HERE = Path(__file__).resolve().parent
@@ -39,6 +42,16 @@ BINARY = bytes(range(256))
 BIG = bytes(range(256)) * 4096  # 1 MiB, the same pattern in every peer
 assert len(BIG) == 2**20
 MAX_SIZE = 4 * 2**20  # raised on both sides so the 1 MiB message fits with room to spare
+# JSON-like text of about 230 kB, and 256 KiB of binary, half zeros: both compress well.
+JSON_TEXT = (
+    "["
+    + ", ".join(
+        f'{{"id": {i}, "name": "user{i % 97}", "ok": {str(i % 3 == 0).lower()}}}'
+        for i in range(5000)
+    )
+    + "]"
+)
+ZEBRA = (bytes(range(256)) + bytes(256)) * 512
 
 
 class Peer:
@@ -128,6 +141,56 @@ async def run_peer_client(args: Sequence[str | os.PathLike[str]], *, name: str) 
 
 
 @dataclass
+class DeflateWatch:
+    """A connection's negotiated permessage-deflate, and the compressed frames it saw."""
+
+    extension: PerMessageDeflate | None
+    compressed_in: int = 0  # frames received with RSV1 set
+    compressed_out: int = 0  # frames sent with RSV1 set
+    bytes_in: int = 0  # compressed payload bytes received...
+    bytes_out: int = 0  # ... and sent
+    inflated_in: int = 0  # what the received ones inflated to
+    deflated_out: int = 0  # what the sent ones were before compression
+
+
+def watch_deflate(ws: trillium.Connection) -> DeflateWatch:
+    """Count ``ws``'s compressed frames, both ways, by wrapping its extension's codec."""
+    assert ws.protocol is not None
+    extensions = [e for e in ws.protocol.extensions if isinstance(e, PerMessageDeflate)]
+    watch = DeflateWatch(extensions[0] if extensions else None)
+    ext = watch.extension
+    if ext is None:
+        return watch
+    decode, encode = ext.decode, ext.encode
+    compressed_message = [False]
+
+    def counting_decode(frame: Frame, *, max_size: int | None) -> Frame:
+        if frame.rsv & RSV1:
+            watch.compressed_in += 1
+            compressed_message[0] = True
+        out = decode(frame, max_size=max_size)
+        if compressed_message[0]:
+            watch.bytes_in += len(frame.payload)
+            watch.inflated_in += len(out.payload)
+        if frame.fin:
+            compressed_message[0] = False
+        return out
+
+    def counting_encode(frame: Frame) -> Frame:
+        out = encode(frame)
+        if out.rsv & RSV1:
+            watch.compressed_out += 1
+        if out.payload is not frame.payload:
+            watch.bytes_out += len(out.payload)
+            watch.deflated_out += len(frame.payload)
+        return out
+
+    ext.decode = counting_decode  # type: ignore[method-assign]
+    ext.encode = counting_encode  # type: ignore[method-assign]
+    return watch
+
+
+@dataclass
 class Recorder:
     """What the trillium echo server saw on its one connection."""
 
@@ -138,6 +201,7 @@ class Recorder:
     exception: ConnectionClosed | None = None
     close_code: int | None = None
     close_reason: str | None = None
+    deflate: DeflateWatch | None = None
     done: trio.Event = field(default_factory=trio.Event)
 
     async def wait(self, timeout: float = 15) -> None:
@@ -166,6 +230,7 @@ def echo_handler(recorder: Recorder) -> Any:
     async def handler(ws: trillium.ServerConnection) -> None:
         recorder.connection = ws
         recorder.subprotocol = ws.subprotocol
+        recorder.deflate = watch_deflate(ws)
         try:
             async for message in ws:
                 recorder.received.append(message)

@@ -23,13 +23,16 @@ from typing import Any
 import pytest
 import trio
 
+from trillium.core.deflate import ServerPerMessageDeflateFactory
 from trillium.exceptions import ConnectionClosedError
 
 from ._helpers import (
     BIG,
     BINARY,
     BROWSER_DIR,
+    JSON_TEXT,
     TEXT,
+    ZEBRA,
     Recorder,
     kill_process_group,
     skip_or_fail_in_ci,
@@ -144,6 +147,19 @@ async def run_chromium(chromium: str, url: str, log: Path) -> AsyncIterator[trio
                     await process.wait()
 
 
+async def load_page(chromium: str, http: PageServer, url: str, log: Path) -> None:
+    """Run Chromium on ``url`` until the page has POSTed its report."""
+    async with run_chromium(chromium, url, log) as browser:
+        while not http.reports:
+            if browser.poll() is not None:
+                pytest.fail(
+                    f"Chromium exited with {browser.returncode} before the page "
+                    f"reported; HTTP requests {http.requests}; stderr:\n"
+                    + log.read_text(errors="replace")[-3000:]
+                )
+            await trio.sleep(0.05)
+
+
 async def test_browser_exchange_and_close_codes(chromium: str, tmp_path: Path) -> None:
     exchange, server_close = Recorder(), Recorder()
     log = tmp_path / "chromium.log"
@@ -153,15 +169,7 @@ async def test_browser_exchange_and_close_codes(chromium: str, tmp_path: Path) -
             echo_server(server_close) as (_s2, close_port),
         ):
             url = f"http://127.0.0.1:{http.port}/echo.html?port={port}&closeport={close_port}"
-            async with run_chromium(chromium, url, log) as browser:
-                while not http.reports:
-                    if browser.poll() is not None:
-                        pytest.fail(
-                            f"Chromium exited with {browser.returncode} before the page "
-                            f"reported; HTTP requests {http.requests}; stderr:\n"
-                            + log.read_text(errors="replace")[-3000:]
-                        )
-                    await trio.sleep(0.05)
+            await load_page(chromium, http, url, log)
             await exchange.wait(5)
             await server_close.wait(5)
 
@@ -195,3 +203,66 @@ async def test_browser_exchange_and_close_codes(chromium: str, tmp_path: Path) -
     assert server_close.received == ["cmd:close 4002 server-bye"]
     assert server_close.close_code == 4002
     assert server_close.exception is None
+
+
+async def test_browser_negotiates_permessage_deflate(chromium: str, tmp_path: Path) -> None:
+    """Chromium offers permessage-deflate on its own: against a default trillium server and
+    one with no context takeover and 10-bit windows, the page's socket reports the
+    extension (``ws.extensions``) and large compressible messages go compressed both ways."""
+    default, strict = Recorder(), Recorder()
+    strict_factory = ServerPerMessageDeflateFactory(
+        server_no_context_takeover=True,
+        client_no_context_takeover=True,
+        server_max_window_bits=10,
+        client_max_window_bits=10,
+    )
+    log = tmp_path / "chromium.log"
+    with trio.fail_after(30), page_server() as http:
+        async with (
+            echo_server(default) as (_s1, port1),
+            echo_server(strict, compression=strict_factory) as (_s2, port2),
+        ):
+            url = f"http://127.0.0.1:{http.port}/echo.html?deflateports={port1},{port2}"
+            await load_page(chromium, http, url, log)
+            await default.wait(5)
+            await strict.wait(5)
+
+    [report] = http.reports
+    assert "error" not in report, report
+    answers = [
+        "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12",
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+        "server_max_window_bits=10; client_max_window_bits=10",
+    ]
+    assert report["deflate"] == [
+        {
+            "extensions": answer,
+            "result": "ok",
+            "close": {"code": 1000, "reason": "done", "wasClean": True},
+        }
+        for answer in answers
+    ]
+    for recorder in (default, strict):
+        assert recorder.received == [
+            JSON_TEXT,
+            ZEBRA,
+            JSON_TEXT,
+            ZEBRA,
+            "cmd:fragments",
+            "cmd:binfragments",
+            "RESULT ok",
+        ]
+        assert recorder.connection is not None and recorder.connection.request is not None
+        offer = recorder.connection.request.headers["Sec-WebSocket-Extensions"]
+        assert offer.startswith("permessage-deflate")
+        assert recorder.close_code == 1000
+        watch = recorder.deflate
+        assert watch is not None and watch.extension is not None
+        # Chromium compressed what it sent, trillium what it echoed; both shrank.
+        assert watch.compressed_in >= 4 and watch.compressed_out >= 4
+        assert watch.bytes_in * 5 < watch.inflated_in
+        assert watch.bytes_out * 5 < watch.deflated_out
+    ext = strict.deflate.extension  # type: ignore[union-attr]
+    assert ext is not None
+    assert ext.local_no_context_takeover and ext.remote_no_context_takeover
+    assert ext.local_max_window_bits == ext.remote_max_window_bits == 10

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from typing import Any
 
 import pytest
 import trio
 
 import trillium
+from trillium.core.deflate import ClientPerMessageDeflateFactory, ServerPerMessageDeflateFactory
 from trillium.exceptions import ConnectionClosedError
 
 from ._helpers import (
     BIG,
     BINARY,
+    JSON_TEXT,
     MAX_SIZE,
     PEERS,
     TEXT,
+    ZEBRA,
+    DeflateWatch,
     Recorder,
     python_peer_server,
     run_peer_client,
     short,
     trillium_echo_server,
+    watch_deflate,
 )
 
 SCRIPT = "websockets_peer.py"
@@ -148,10 +155,12 @@ async def test_client_unsupported_subprotocol_is_refused() -> None:
 # ---------------------------------------------------------------- websockets client -> trillium
 
 
-async def run_websockets_client(port: int, scenario: str) -> dict[str, object]:
+async def run_websockets_client(
+    port: int, scenario: str, compression: str = "default"
+) -> dict[str, Any]:
     return await run_peer_client(
-        [sys.executable, PEERS / SCRIPT, "client", f"ws://127.0.0.1:{port}", scenario],
-        name=f"websockets client ({scenario})",
+        [sys.executable, PEERS / SCRIPT, "client", f"ws://127.0.0.1:{port}", scenario, compression],
+        name=f"websockets client ({scenario}, compression {compression})",
     )
 
 
@@ -236,3 +245,110 @@ async def test_server_fails_a_too_big_message_with_1009() -> None:
     assert observed["rcvd"] is not None and observed["rcvd"][0] == 1009  # type: ignore[index]
     assert recorder.received == []
     assert isinstance(recorder.exception, ConnectionClosedError)
+
+
+# ---------------------------------------------------------------- permessage-deflate, both ways
+
+# No context takeover either way, 10-bit windows both ways: what the peers' "strict"
+# compression mode sets too.
+STRICT = {
+    "server_no_context_takeover": True,
+    "client_no_context_takeover": True,
+    "server_max_window_bits": 10,
+    "client_max_window_bits": 10,
+}
+
+
+def check_deflate(watch: DeflateWatch | None, peer: dict[str, Any], strict: bool) -> None:
+    """trillium's side and the peer's agree on the parameters, and both compressed."""
+    assert watch is not None and watch.extension is not None, "deflate was not negotiated"
+    ext = watch.extension
+    assert peer, "the peer has no permessage-deflate"
+    # Each side's "local" is the other's "remote".
+    assert ext.local_no_context_takeover == peer["remote_no_context_takeover"]
+    assert ext.remote_no_context_takeover == peer["local_no_context_takeover"]
+    assert ext.local_max_window_bits == peer["remote_max_window_bits"]
+    assert ext.remote_max_window_bits == peer["local_max_window_bits"]
+    if strict:
+        assert ext.local_no_context_takeover and ext.remote_no_context_takeover
+        assert ext.local_max_window_bits == ext.remote_max_window_bits == 10
+    # Frames really went compressed both ways, and shrank.
+    assert watch.compressed_out > 0 and peer["compressed_in"] == watch.compressed_out
+    assert watch.compressed_in > 0
+    assert watch.bytes_in * 5 < watch.inflated_in
+    assert watch.bytes_out * 5 < watch.deflated_out
+
+
+@pytest.mark.parametrize(
+    ("peer_mode", "compression"),
+    [
+        pytest.param("default", "deflate", id="both-defaults"),
+        pytest.param("strict", "deflate", id="websockets-strict"),
+        pytest.param("default", ClientPerMessageDeflateFactory(**STRICT), id="trillium-strict"),
+    ],
+)
+async def test_client_compression_with_websockets_server(peer_mode: str, compression: Any) -> None:
+    with trio.fail_after(20):
+        async with python_peer_server(SCRIPT, peer_mode) as (peer, port):
+            async with trillium.connect(
+                f"ws://127.0.0.1:{port}", max_size=MAX_SIZE, compression=compression
+            ) as ws:
+                watch = watch_deflate(ws)
+                assert ws.response is not None
+                assert ws.response.headers["Sec-WebSocket-Extensions"].startswith(
+                    "permessage-deflate"
+                )
+                for message in (JSON_TEXT, ZEBRA, BIG, TEXT, JSON_TEXT, ZEBRA):
+                    await ws.send(message)
+                    answer = await ws.recv()
+                    assert answer == message, f"{short(message)} came back as {short(answer)}"
+                await ws.send([JSON_TEXT[:100_000], JSON_TEXT[100_000:]])
+                assert await ws.recv() == JSON_TEXT
+                await ws.send([ZEBRA, b"", ZEBRA])
+                assert await ws.recv() == ZEBRA + ZEBRA
+                await ws.send("cmd:deflate")
+                seen_by_peer = json.loads(await ws.recv())
+            seen = await peer.read_event("closed")
+    assert seen["code"] == 1000
+    # The peer's count was taken before "cmd:deflate" itself (too short to compress).
+    check_deflate(watch, seen_by_peer, strict=peer_mode == "strict" or compression != "deflate")
+
+
+@pytest.mark.parametrize(
+    ("peer_mode", "compression"),
+    [
+        pytest.param("default", "deflate", id="both-defaults"),
+        pytest.param("strict", "deflate", id="websockets-strict"),
+        pytest.param("default", ServerPerMessageDeflateFactory(**STRICT), id="trillium-strict"),
+    ],
+)
+async def test_server_compression_with_websockets_client(peer_mode: str, compression: Any) -> None:
+    recorder = Recorder()
+    with trio.fail_after(20):
+        async with trillium_echo_server(recorder, compression=compression) as (_server, port):
+            observed = await run_websockets_client(port, "compressed", peer_mode)
+            await recorder.wait()
+    assert observed["close_code"] == 1000
+    assert recorder.received[:6] == [JSON_TEXT, ZEBRA, BIG, TEXT, JSON_TEXT, ZEBRA]
+    assert recorder.received[6:] == [
+        JSON_TEXT,
+        ZEBRA + ZEBRA,
+        "cmd:fragments",
+        "cmd:binfragments",
+    ]
+    assert recorder.connection is not None and recorder.connection.response is not None
+    answer = recorder.connection.response.headers["Sec-WebSocket-Extensions"]
+    if peer_mode == "strict" or compression != "deflate":
+        assert answer == (
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+            "server_max_window_bits=10; client_max_window_bits=10"
+        )
+    else:
+        assert answer == (
+            "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
+        )
+    check_deflate(
+        recorder.deflate,
+        observed["deflate"],
+        strict=peer_mode == "strict" or compression != "deflate",
+    )

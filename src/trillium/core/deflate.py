@@ -122,9 +122,18 @@ class PerMessageDeflate(Extension):
             raise ProtocolError(f"invalid compressed data: {exc}") from None
         if max_size is not None and (len(payload) > max_size or self._decoder.unconsumed_tail):
             raise PayloadTooBig(f"message exceeds the limit of {max_size} bytes once decompressed")
+        ended = self._decoder.eof
+        if ended:
+            # The peer ended its DEFLATE stream with a BFINAL block (§7.2.3.4): zlib
+            # ignores what follows, so it must be padding or empty blocks, not data.
+            trailer = self._decoder.unused_data
+            if trailer.replace(_EMPTY_BLOCK, b"").strip(b"\x00"):
+                raise ProtocolError("compressed data after the end of the DEFLATE stream")
         if frame.fin:
             self._decoding = False
-            if self.remote_no_context_takeover:
+            # After a BFINAL block zlib decodes nothing more: the next message needs a
+            # new decompressor (else it would silently come out empty).
+            if self.remote_no_context_takeover or ended:
                 self._decoder = None
         return Frame(frame.opcode, payload, frame.fin, frame.rsv & ~RSV1)
 

@@ -5,17 +5,21 @@
 // ping ("cmd:fragments", "cmd:ping"), then closes with 4000 "done".
 // SCENARIO "flood" sends 500 binary messages at once and checks every echo, in order.
 // SCENARIO "server-close" asks the server to close with 4002 "server-bye".
+// SCENARIO "compressed" (node client.js URL compressed [DEFLATE], DEFLATE as in
+// echo_server.js, "on" by default) exchanges large compressible messages, whole and
+// fragmented, then reports the negotiated permessage-deflate and closes with 1000.
 // Prints its observations as one JSON line, and exits 0 only if every check passed.
 "use strict";
 
 const assert = require("node:assert/strict");
 const WebSocket = require("ws");
+const { JSON_TEXT, ZEBRA, deflateOptions, watchDeflate } = require("./deflate.js");
 
 const TEXT = "héllo wörld ✓ 🎉";
 const BINARY = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
 const BIG = Buffer.alloc(1024 * 1024, BINARY); // 1 MiB: bytes 0..255 repeated
 
-const [url, scenario = "echo"] = process.argv.slice(2);
+const [url, scenario = "echo", deflateMode] = process.argv.slice(2);
 
 const timer = setTimeout(() => {
   console.error("timed out");
@@ -23,7 +27,9 @@ const timer = setTimeout(() => {
 }, 15000);
 
 async function main() {
-  const ws = new WebSocket(url, { maxPayload: 4 * 1024 * 1024 });
+  const options = { maxPayload: 4 * 1024 * 1024 };
+  if (deflateMode !== undefined) options.perMessageDeflate = deflateOptions(deflateMode);
+  const ws = new WebSocket(url, options);
   const queue = [];
   const waiters = [];
   ws.on("message", (data, isBinary) => {
@@ -73,6 +79,25 @@ async function main() {
     }
     observed.echoes = count;
     ws.close(4000, "done");
+  } else if (scenario === "compressed") {
+    const deflate = watchDeflate(ws);
+    const same = (a, b) => (typeof a === "string" ? a === b : Buffer.isBuffer(b) && a.equals(b));
+    for (const message of [JSON_TEXT, ZEBRA, BIG, TEXT, JSON_TEXT, ZEBRA]) {
+      ws.send(message);
+      assert.ok(same(message, await recv()), `echo of a ${message.length}-unit message differs`);
+    }
+    ws.send(JSON_TEXT.slice(0, 100000), { fin: false });
+    ws.send(JSON_TEXT.slice(100000), { fin: true });
+    assert.equal(await recv(), JSON_TEXT, "fragmented compressible text echo");
+    ws.send(ZEBRA, { fin: false });
+    ws.send(ZEBRA, { fin: true });
+    assert.ok(same(Buffer.concat([ZEBRA, ZEBRA]), await recv()), "fragmented binary echo");
+    ws.send("cmd:fragments");
+    assert.equal(await recv(), "fragmented");
+    ws.send("cmd:binfragments");
+    assert.ok(same(Buffer.from("fragmented"), await recv()), "fragmented binary from trillium");
+    observed.deflate = deflate();
+    ws.close(1000, "done");
   } else if (scenario === "server-close") {
     ws.send("cmd:close 4002 server-bye");
   } else {

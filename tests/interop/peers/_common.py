@@ -13,6 +13,17 @@ TEXT = "héllo wörld ✓ 🎉"
 BINARY = bytes(range(256))
 BIG = bytes(range(256)) * 4096  # 1 MiB
 MAX_SIZE = 4 * 2**20
+# Compressible payloads for the permessage-deflate scenarios (the same in every peer):
+# JSON-like text of about 230 kB, and 256 KiB of binary, half zeros.
+JSON_TEXT = (
+    "["
+    + ", ".join(
+        f'{{"id": {i}, "name": "user{i % 97}", "ok": {str(i % 3 == 0).lower()}}}'
+        for i in range(5000)
+    )
+    + "]"
+)
+ZEBRA = (bytes(range(256)) + bytes(256)) * 512
 
 
 def report(**fields: Any) -> None:
