@@ -22,6 +22,7 @@ The sans-I/O framing core lives in ``trillium.core``; the connection manager in
 
 __version__ = "0.1.0"
 
+from .aio import AioClient, AioServer
 from .auth import basic_auth
 from .broadcast import broadcast
 from .client import ClientConnection, connect, run_client, unix_connect
@@ -46,8 +47,12 @@ from .exceptions import (
     WebSocketException,
 )
 from .server import ServerConnection, WebSocketServer, serve, unix_serve
+from .sync import Client, Server
 
 __all__ = [
+    "AioClient",
+    "AioServer",
+    "Client",
     "ClientConnection",
     "Close",
     "CloseCode",
@@ -70,6 +75,7 @@ __all__ = [
     "ProtocolError",
     "Request",
     "Response",
+    "Server",
     "ServerConnection",
     "State",
     "WebSocketException",

@@ -1,0 +1,751 @@
+"""The blocking face: simple-websocket's ``Server`` and ``Client``, for scripts, WSGI
+views (Flask, Werkzeug, Gunicorn) and Jupyter.
+
+>>> import subprocess, sys, trillium
+>>> echo = subprocess.Popen([sys.executable, "-m", "trillium", "echo", "--port", "0"],
+...                         stdout=subprocess.PIPE, text=True)
+>>> url = echo.stdout.readline().split()[-1]
+>>> ws = trillium.Client.connect(url)
+>>> ws.send("Hello")
+>>> ws.receive()
+'Hello'
+>>> ws.send(b"\\x00\\x01")
+>>> ws.receive()
+b'\\x00\\x01'
+>>> ws.receive(timeout=0.1) is None  # nothing came within the timeout
+True
+>>> ws.close()
+>>> echo.terminate(); echo.wait() and None
+
+In a WSGI view, ``Server.accept(environ)`` takes the connection over from the web
+server (Werkzeug and Gunicorn are supported; Flask-Sock works with
+``sys.modules["simple_websocket"] = trillium``)::
+
+    @app.route("/ws", websocket=True)
+    def echo():
+        ws = trillium.Server.accept(request.environ)
+        try:
+            while True:
+                ws.send(ws.receive())
+        except trillium.ConnectionClosed:
+            pass
+        return ""
+
+How it runs: one trio thread per process, started on first use and stopped at
+interpreter exit (open connections are closed with 1001 then), runs every connection
+on the same connection manager as the trio face. The per-message path stays in your
+thread as far as it can: the connection's reader hands complete messages to a
+thread-safe queue that ``receive()`` reads, and ``send()`` hands the message to the
+trio thread without waiting for it, unless more than ``write_limit`` bytes are
+already waiting to go out, in which case it waits for room. A blocking
+``receive()`` is interrupted by Ctrl-C like any blocking call. The same calls work
+in a Jupyter kernel, whose main thread runs an asyncio loop of its own.
+
+Differences from simple-websocket: ``close()`` waits for the closing handshake (at
+most ``close_timeout``); with ``ping_interval`` set a pong must come back within
+one interval or the connection fails (1011); bytes-like objects are sent as binary;
+``thread_class``, ``event_class`` and ``selector_class`` are accepted and unused.
+Eventlet and gevent replace threads with green threads, which can't host the trio
+thread: they are refused with a clear error. A TLS socket can't be taken over from
+a WSGI server (terminate TLS in a proxy in front of it).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import ssl as ssl_module
+import sys
+import threading
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import anyio
+import anyio.abc
+import trio
+from anyio.from_thread import BlockingPortal
+
+from ._simple import (
+    ClientCompression,
+    HeadersArg,
+    Options,
+    ServerCompression,
+    SubprotocolsArg,
+    TakenOver,
+    check_upgrade,
+    closed_exception,
+    open_client,
+    start_server,
+    subprotocol_list,
+    take_over,
+)
+from .connection import Connection
+from .core.close import CloseCode
+from .core.handshake import Request
+from .core.protocol import Protocol, State
+from .exceptions import ConnectionClosed, ConnectionClosedOK
+
+__all__ = ["Client", "Server"]
+
+logger = logging.getLogger("trillium")
+
+Data = str | bytes
+_Self = TypeVar("_Self", bound="_SyncBase")
+
+
+# ---------------------------------------------------------------------- the trio thread
+
+
+class _TrioThread:
+    """The process-wide trio thread: a blocking portal (anyio, backend="trio") in a
+    daemon thread, and the trio token for fire-and-forget calls into it."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        #: Open connections, closed with 1001 at interpreter exit.
+        self.sessions: weakref.WeakSet[_SyncBase] = weakref.WeakSet()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.portal: BlockingPortal
+        self.token: trio.lowlevel.TrioToken
+        # A daemon thread: threading's shutdown would otherwise wait for it before the
+        # atexit hook that stops it gets a chance to run.
+        self.thread = threading.Thread(target=self._run, name="trillium", daemon=True)
+        self.thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        try:
+            anyio.run(self._main, backend="trio")
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        async with BlockingPortal() as portal:
+            self.portal = portal
+            self.token = trio.lowlevel.current_trio_token()
+            self._ready.set()
+            await portal.sleep_until_stopped()
+
+    def stop(self) -> None:
+        """Close the open connections (1001, at most their close_timeout), then stop."""
+
+        async def close_all() -> None:
+            async with anyio.create_task_group() as tg:
+                for session in list(self.sessions):
+                    if session.connected and session._connection is not None:
+                        tg.start_soon(session._close, CloseCode.GOING_AWAY, "")
+
+        try:
+            self.portal.call(close_all)
+            self.portal.call(self.portal.stop, True)
+        except BaseException as exc:  # the thread may be gone already
+            logger.debug("stopping the trio thread: %r", exc)
+        self.thread.join(5)
+
+
+_thread: _TrioThread | None = None
+_thread_lock = threading.Lock()
+
+
+def _trio_thread() -> _TrioThread:
+    """The trio thread, started on first use (and again in a forked child)."""
+    global _thread
+    current = _thread
+    if current is not None and current.pid == os.getpid() and current.thread.is_alive():
+        return current
+    with _thread_lock:
+        if _thread is None or _thread.pid != os.getpid() or not _thread.thread.is_alive():
+            _refuse_green_threads()
+            _thread = _TrioThread()
+        return _thread
+
+
+@atexit.register
+def _stop_trio_thread() -> None:
+    current = _thread
+    if current is not None and current.pid == os.getpid():
+        current.stop()
+
+
+def _refuse_green_threads() -> None:
+    gevent = sys.modules.get("gevent.monkey")
+    eventlet = sys.modules.get("eventlet.patcher")
+    if (gevent is not None and gevent.is_module_patched("threading")) or (
+        eventlet is not None and eventlet.is_monkey_patched("thread")
+    ):
+        raise RuntimeError(
+            "trillium's blocking face needs real OS threads, and eventlet or gevent "
+            "has monkey-patched them; use a threaded server (Werkzeug, Gunicorn's "
+            "gthread workers) or trillium's asyncio face"
+        )
+
+
+# ---------------------------------------------------------------------- connections
+
+_CLOSED = object()  # the inbox's last item: the connection is closed
+
+
+class _SyncBase:
+    """What Server and Client share: the session in the trio thread, receive, send, close."""
+
+    def __init__(
+        self,
+        *,
+        receive_bytes: int,
+        ping_interval: float | None,
+        max_message_size: int | None,
+        close_timeout: float | None,
+        open_timeout: float | None,
+        max_queue: int | None,
+        write_limit: int,
+    ) -> None:
+        #: The subprotocol chosen during the handshake, or None.
+        self.subprotocol: str | None = None
+        self.receive_bytes = receive_bytes
+        self.ping_interval = ping_interval
+        self.max_message_size = max_message_size
+        self._options = Options(
+            ping_interval=ping_interval,
+            max_message_size=max_message_size,
+            receive_bytes=receive_bytes,
+            close_timeout=close_timeout,
+            open_timeout=open_timeout,
+            max_queue=max_queue,
+            write_limit=write_limit,
+        )
+        self._connection: Connection | None = None
+        self._taken: TakenOver | None = None
+        # Complete messages, for receive(); the pump stops at max_queue, resumes at 1/4.
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._high = max_queue if max_queue is not None else 0
+        self._low = self._high // 4
+        self._pump_waiting: trio.Event | None = None  # written by the trio thread only
+        self._woken: trio.Event | None = None  # written by receivers only
+        self._closed_exc: ConnectionClosed | None = None
+        self._done = threading.Event()  # set once the session is over
+        # send() appends to the outbox and, unless one is pending already, schedules a
+        # flush in the trio thread, which frames everything there and writes it at once.
+        self._send_lock = threading.Lock()
+        self._outbox: deque[Data] = deque()
+        self._flush_scheduled = False  # set by senders, cleared by the flush
+        # Bytes handed to the trio thread, and bytes it took (one writer each).
+        self._handed = 0
+        self._taken_by_trio = 0
+        self._write_limit = write_limit
+
+    # ------------------------------------------------------------------ the session
+
+    def _start(self, open_connection: Callable[[], Awaitable[tuple[Connection, Protocol]]]) -> None:
+        """Open the connection in the trio thread and leave it running there."""
+        self._thread = _trio_thread()
+        self._thread.portal.start_task(self._session, open_connection, name="trillium session")
+        self._thread.sessions.add(self)
+
+    async def _session(
+        self,
+        open_connection: Callable[[], Awaitable[tuple[Connection, Protocol]]],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        connection, protocol = await open_connection()
+        self._connection = connection
+        try:
+            async with connection._running(protocol):
+                task_status.started()
+                await self._pump(connection)
+        finally:
+            self._ended()
+
+    async def _pump(self, connection: Connection) -> None:
+        """Move complete messages from the connection to the inbox, in order."""
+        inbox = self._inbox
+        high, low = self._high, self._low
+        try:
+            while True:
+                inbox.put(await connection.recv())
+                if high and inbox.qsize() >= high:
+                    # Let TCP push back on the peer until receive() catches up.
+                    event = trio.Event()
+                    self._pump_waiting = event
+                    if inbox.qsize() > low:  # checked after publishing the event
+                        await event.wait()
+                    self._pump_waiting = None
+        except ConnectionClosed as exc:
+            self._closed_exc = exc
+
+    def _ended(self) -> None:
+        """The connection is closed: end TCP for the web server too, wake receivers."""
+        if self._taken is not None:
+            self._taken.shutdown()
+        if self._closed_exc is None:
+            self._closed_exc = closed_exception(self._connection)
+        self._inbox.put(_CLOSED)
+        self._done.set()
+
+    def _wait_ended(self) -> None:
+        """Before reporting a closure: let a closing handshake under way finish (at most
+        close_timeout), so that a WSGI view that returns on ConnectionClosed finds TCP
+        shut down, and its server's response can't land in the WebSocket stream."""
+        if self._connection is not None:
+            self._done.wait(self._options.close_timeout)
+
+    async def _close(self, code: int, reason: str) -> None:
+        assert self._connection is not None
+        await self._connection.close(code, reason)
+        if self._taken is not None:
+            self._taken.shutdown()
+
+    async def _wait_for_room(self) -> None:
+        assert self._connection is not None
+        await self._connection._wait_for_room()
+
+    def _flush_outbox(self) -> None:
+        """In the trio thread: frame what the senders handed over, write it in one go.
+
+        It never raises: trio treats an exception from a run_sync_soon callback as a
+        crash. The flag is cleared before the outbox is read, so a message appended
+        after that read always finds it clear and schedules the next flush.
+        """
+        self._flush_scheduled = False
+        outbox = self._outbox
+        connection = self._connection
+        assert connection is not None
+        taken = 0
+        frames = []
+        try:
+            while outbox:
+                message = outbox.popleft()
+                taken += len(message)
+                frames.append(connection._encode(message, None, True))
+            if frames:
+                connection._write(frames[0] if len(frames) == 1 else b"".join(frames))
+        except ConnectionClosed:
+            # Closed in between: like sends racing a close, these messages are lost.
+            while outbox:
+                taken += len(outbox.popleft())
+        except Exception:
+            logger.exception("trillium: sending messages failed")
+        finally:
+            self._taken_by_trio += taken
+
+    def _closed_exception(self) -> ConnectionClosed:
+        exc = self._closed_exc
+        if exc is None:
+            return closed_exception(self._connection)
+        fresh = type(exc)(exc.rcvd, exc.sent, exc.rcvd_then_sent)
+        fresh.__cause__ = exc.__cause__
+        return fresh
+
+    # ------------------------------------------------------------------ the API
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is open (before any close frame went either way)."""
+        connection = self._connection
+        return connection is not None and connection.state is State.OPEN
+
+    @property
+    def close_reason(self) -> int:
+        """The close code the peer sent (1005 until one came), as simple-websocket."""
+        protocol = self._connection.protocol if self._connection is not None else None
+        if protocol is None or protocol.close_rcvd is None:
+            return CloseCode.NO_STATUS_RCVD
+        return protocol.close_rcvd.code
+
+    @property
+    def close_message(self) -> str | None:
+        """The close reason text the peer sent, or None."""
+        protocol = self._connection.protocol if self._connection is not None else None
+        if protocol is None or protocol.close_rcvd is None:
+            return None
+        return protocol.close_rcvd.reason
+
+    def receive(self, timeout: float | None = None) -> Data | None:
+        """Receive the next message: ``str`` for text, ``bytes`` for binary.
+
+        Waits at most ``timeout`` seconds (None: no limit; 0: only what has already
+        arrived) and returns None when nothing came in time. Messages that arrived
+        before the connection closed are returned first; then it raises
+        ``ConnectionClosed`` (``.reason`` is the close code, ``.message`` the text).
+        """
+        inbox = self._inbox
+        try:
+            if timeout is None:
+                item = inbox.get()
+            elif timeout <= 0:
+                item = inbox.get_nowait()
+            else:
+                item = inbox.get(timeout=min(timeout, threading.TIMEOUT_MAX))
+        except queue.Empty:
+            return None
+        if item is _CLOSED:
+            inbox.put(_CLOSED)  # for the next receive(), and other receiving threads
+            raise self._closed_exception()
+        waiting = self._pump_waiting
+        if waiting is not None and waiting is not self._woken and inbox.qsize() <= self._low:
+            self._woken = waiting
+            self._thread.token.run_sync_soon(waiting.set)
+        return item  # type: ignore[no-any-return]
+
+    def send(self, data: Data) -> None:
+        """Send a message: bytes-like as binary, ``str`` (or anything else, as
+        ``str(data)``) as text. Raises ``ConnectionClosed`` once the connection is
+        closing or closed.
+
+        Returns as soon as the message is handed over, unless ``write_limit`` bytes
+        already wait to be sent: then it waits until there is room.
+        """
+        if isinstance(data, bytes):
+            message: Data = data
+        elif isinstance(data, (bytearray, memoryview)):
+            message = bytes(data)  # a copy: the caller may reuse the buffer at once
+        else:
+            message = data if isinstance(data, str) else str(data)
+        connection = self._connection
+        if connection is None or connection.state is not State.OPEN:
+            self._wait_ended()
+            raise self._closed_exception()
+        size = len(message)
+        with self._send_lock:
+            if self._handed - self._taken_by_trio + connection._out_size > self._write_limit:
+                # Too much is waiting to go out: wait in the trio thread until the
+                # backlog is down to a quarter, then go on handing messages over.
+                self._thread.portal.call(self._wait_for_room)
+                if connection.state is not State.OPEN:
+                    self._wait_ended()
+                    raise self._closed_exception()
+            self._handed += size
+            self._outbox.append(message)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._thread.token.run_sync_soon(self._flush_outbox)
+
+    def close(self, reason: int | None = None, message: str | None = None) -> None:
+        """Close the connection with code ``reason`` (default 1000) and text ``message``.
+
+        Waits for the closing handshake, at most ``close_timeout`` seconds. Like
+        simple-websocket, raises ``ConnectionClosed`` if the connection is already
+        closed.
+        """
+        if not self.connected:
+            raise self._closed_exception()
+        self._thread.portal.call(self._close, reason or CloseCode.NORMAL_CLOSURE, message or "")
+
+    def choose_subprotocol(self, request: Request) -> str | None:
+        """No subprotocol (the client side never chooses); see Server's."""
+        return None
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.connected:
+            self.close()
+
+    def __iter__(self) -> Iterator[Data]:
+        """Yield messages until the connection closes; a normal closure ends the loop."""
+        while True:
+            try:
+                message = self.receive()
+            except ConnectionClosedOK:
+                return
+            assert message is not None
+            yield message
+
+
+class Server(_SyncBase):
+    """The server end of a WebSocket connection, taken over from a WSGI server.
+
+    ``Server.accept(environ)`` (or ``Server(environ)``, as Flask-Sock calls it) in a
+    WSGI view validates the upgrade request, writes the 101 on the connection's
+    socket and returns the open connection; see the module for an example. The socket
+    comes from ``environ["werkzeug.socket"]`` (Werkzeug, Flask's development server)
+    or ``environ["gunicorn.socket"]`` (Gunicorn); ``mode`` says which
+    (``"werkzeug"``, ``"gunicorn"``). Under Gunicorn, use threads (``--threads N``,
+    the gthread worker): a view holding a WebSocket keeps its thread, and a sync
+    worker busy longer than ``--timeout`` is killed. When the connection ends, TCP is
+    shut down, so whatever the WSGI server writes afterwards (its own response to the
+    view) goes nowhere.
+
+    A request that isn't a valid upgrade raises ``InvalidHandshake`` (a
+    ``ConnectionError`` whose ``status_code`` is 400, or 426 for a wrong version)
+    before anything is written: the view can still answer it. Options as in
+    ``Server.accept``.
+
+    >>> Server({"REQUEST_METHOD": "GET"})
+    Traceback (most recent call last):
+    ...
+    RuntimeError: Cannot obtain socket from WSGI environment.
+    """
+
+    def __init__(
+        self,
+        environ: Mapping[str, Any],
+        subprotocols: SubprotocolsArg = None,
+        receive_bytes: int = 4096,
+        ping_interval: float | None = None,
+        max_message_size: int | None = None,
+        thread_class: Any = None,
+        event_class: Any = None,
+        selector_class: Any = None,
+        *,
+        close_timeout: float | None = 10,
+        max_queue: int | None = 16,
+        write_limit: int = 2**18,
+        compression: ServerCompression = "deflate",
+    ) -> None:
+        super().__init__(
+            receive_bytes=receive_bytes,
+            ping_interval=ping_interval,
+            max_message_size=max_message_size,
+            close_timeout=close_timeout,
+            open_timeout=None,
+            max_queue=max_queue,
+            write_limit=write_limit,
+        )
+        self.environ = environ
+        self.subprotocols = subprotocol_list(subprotocols)
+        sock, self.mode = _wsgi_socket(environ)
+        version = str(environ.get("SERVER_PROTOCOL", "HTTP/1.1")).partition("/")[2]
+        upgrade = check_upgrade(
+            str(environ.get("REQUEST_METHOD", "GET")),
+            _wsgi_target(environ),
+            _wsgi_headers(environ),
+            self.choose_subprotocol,
+            compression,
+            version or "1.1",
+        )
+        self.request, self.subprotocol = upgrade.request, upgrade.subprotocol
+        taken = self._taken = take_over(sock)
+
+        async def open_connection() -> tuple[Connection, Protocol]:
+            return await start_server(taken, upgrade, self._options)
+
+        self._start(open_connection)
+
+    @classmethod
+    def accept(
+        cls,
+        environ: Mapping[str, Any],
+        subprotocols: SubprotocolsArg = None,
+        receive_bytes: int = 4096,
+        ping_interval: float | None = None,
+        max_message_size: int | None = None,
+        thread_class: Any = None,
+        event_class: Any = None,
+        selector_class: Any = None,
+        *,
+        close_timeout: float | None = 10,
+        max_queue: int | None = 16,
+        write_limit: int = 2**18,
+        compression: ServerCompression = "deflate",
+    ) -> Server:
+        """Accept the WebSocket connection of a WSGI request.
+
+        ``subprotocols``: the ones the server supports (None: no negotiation).
+        ``receive_bytes``: the socket read size (at least 64 KiB is read).
+        ``ping_interval``: ping the client this often (seconds, None: never); a
+        client that doesn't answer within one interval is dropped (close code 1011).
+        ``max_message_size``: bytes (None: no limit, as in simple-websocket; set one
+        for untrusted clients); a bigger message closes the connection with 1009.
+        ``close_timeout``: how long ``close()`` waits for the client's close frame.
+        ``max_queue``: messages buffered before the connection stops reading.
+        ``write_limit``: bytes waiting to be sent beyond which ``send()`` waits (256 KiB:
+        waiting costs a round trip to the trio thread, so the blocking face buffers
+        more than the trio face's 32 KiB, to keep the wire busy meanwhile).
+        ``compression``: ``"deflate"`` (the default, as simple-websocket) accepts
+        permessage-deflate when the client offers it; None declines it; a
+        ``trillium.core.deflate.ServerPerMessageDeflateFactory`` tunes it.
+
+        >>> Server.accept({"werkzeug.socket": None, "REQUEST_METHOD": "POST"})
+        Traceback (most recent call last):
+        ...
+        RuntimeError: Cannot obtain socket from WSGI environment.
+        """
+        return cls(
+            environ,
+            subprotocols=subprotocols,
+            receive_bytes=receive_bytes,
+            ping_interval=ping_interval,
+            max_message_size=max_message_size,
+            close_timeout=close_timeout,
+            max_queue=max_queue,
+            write_limit=write_limit,
+            compression=compression,
+        )
+
+    def choose_subprotocol(self, request: Request) -> str | None:
+        """The first subprotocol the client offers that is in ``subprotocols``, or None.
+
+        Override it to negotiate differently; ``request.subprotocols`` lists the
+        client's offers in its order of preference.
+        """
+        for subprotocol in request.subprotocols:
+            if subprotocol in self.subprotocols:
+                return subprotocol
+        return None
+
+
+def _wsgi_socket(environ: Mapping[str, Any]) -> tuple[Any, str]:
+    """The connection's socket, from where each WSGI server puts it."""
+    if environ.get("werkzeug.socket") is not None:
+        return environ["werkzeug.socket"], "werkzeug"
+    if environ.get("gunicorn.socket") is not None:
+        return environ["gunicorn.socket"], "gunicorn"
+    if "eventlet.input" in environ or str(environ.get("SERVER_SOFTWARE", "")).startswith("gevent"):
+        _refuse_green_threads()
+    raise RuntimeError("Cannot obtain socket from WSGI environment.")
+
+
+def _wsgi_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The request headers, from the environ's HTTP_* keys."""
+    return [
+        (key[5:].replace("_", "-").title(), str(value))
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+    ]
+
+
+def _wsgi_target(environ: Mapping[str, Any]) -> str:
+    """The request target: the raw one when the server gives it, else rebuilt."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if isinstance(raw, str) and raw.startswith("/") and " " not in raw:
+        return raw
+    path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+    path = quote(path.encode("latin-1", "replace")) or "/"
+    query = environ.get("QUERY_STRING")
+    return f"{path}?{query}" if query else path
+
+
+class Client(_SyncBase):
+    """A blocking WebSocket client: ``ws = Client.connect(url)``.
+
+    ``url`` is ``ws://``, ``wss://`` (``http://`` and ``https://`` work too); see
+    ``connect()`` for the options and the module for an example. It is also a context
+    manager that closes the connection on the way out::
+
+        with trillium.Client.connect("ws://127.0.0.1:8765") as ws:
+            ws.send("Hello")
+            print(ws.receive())
+
+    >>> Client("ws://127.0.0.1:1/", open_timeout=5)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    OSError: ...
+    """
+
+    def __init__(
+        self,
+        url: str,
+        subprotocols: SubprotocolsArg = None,
+        headers: HeadersArg = None,
+        receive_bytes: int = 4096,
+        ping_interval: float | None = None,
+        max_message_size: int | None = None,
+        ssl_context: ssl_module.SSLContext | None = None,
+        thread_class: Any = None,
+        event_class: Any = None,
+        *,
+        open_timeout: float | None = 10,
+        close_timeout: float | None = 10,
+        max_queue: int | None = 16,
+        write_limit: int = 2**18,
+        compression: ClientCompression = None,
+    ) -> None:
+        super().__init__(
+            receive_bytes=receive_bytes,
+            ping_interval=ping_interval,
+            max_message_size=max_message_size,
+            close_timeout=close_timeout,
+            open_timeout=open_timeout,
+            max_queue=max_queue,
+            write_limit=write_limit,
+        )
+        self.url = url
+        self.subprotocols = subprotocol_list(subprotocols)
+        self.extra_headers = headers
+        self.ssl_context = ssl_context
+        self.compression = compression
+
+        async def open_connection() -> tuple[Connection, Protocol]:
+            connection, protocol = await open_client(
+                url,
+                subprotocols=self.subprotocols,
+                headers=headers,
+                ssl_context=ssl_context,
+                options=self._options,
+                compression=compression,
+            )
+            self.subprotocol = connection.subprotocol
+            return connection, protocol
+
+        self._start(open_connection)
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        subprotocols: SubprotocolsArg = None,
+        headers: HeadersArg = None,
+        receive_bytes: int = 4096,
+        ping_interval: float | None = None,
+        max_message_size: int | None = None,
+        ssl_context: ssl_module.SSLContext | None = None,
+        thread_class: Any = None,
+        event_class: Any = None,
+        *,
+        open_timeout: float | None = 10,
+        close_timeout: float | None = 10,
+        max_queue: int | None = 16,
+        write_limit: int = 2**18,
+        compression: ClientCompression = None,
+    ) -> Client:
+        """Connect to ``url`` and return the open connection.
+
+        ``subprotocols``: a name or a list in order of preference. ``headers``: a
+        dict or list of (name, value) pairs added to the request. ``ssl_context``:
+        for ``wss://`` (default: the system's trusted certificates, verified).
+        ``open_timeout`` bounds the TCP connection and the handshake
+        (``TimeoutError``); ``compression`` is None by default (simple-websocket's
+        client doesn't compress either), ``"deflate"`` offers permessage-deflate; the
+        other options are as in ``Server.accept``.
+
+        A server that refuses the upgrade raises ``ConnectionError`` with its HTTP
+        ``status_code`` (``trillium.InvalidStatus``, which also has the response).
+
+        >>> try:
+        ...     Client.connect("ws://127.0.0.1:1/", open_timeout=5)
+        ... except OSError:
+        ...     print("nothing listens there")
+        nothing listens there
+        """
+        return cls(
+            url,
+            subprotocols=subprotocols,
+            headers=headers,
+            receive_bytes=receive_bytes,
+            ping_interval=ping_interval,
+            max_message_size=max_message_size,
+            ssl_context=ssl_context,
+            open_timeout=open_timeout,
+            close_timeout=close_timeout,
+            max_queue=max_queue,
+            write_limit=write_limit,
+            compression=compression,
+        )

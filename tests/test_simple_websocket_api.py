@@ -1,0 +1,61 @@
+"""``import trillium as simple_websocket`` is a drop-in: the names simple-websocket
+exports exist, and every method its users call takes the same positional parameters,
+in the same order, with the same defaults (trillium's extra options are keyword-only).
+The reference is simple-websocket itself, installed with the test dependencies."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import simple_websocket
+
+import trillium
+
+NAMES = ["Server", "Client", "AioServer", "AioClient", "ConnectionError", "ConnectionClosed"]
+METHODS = ["__init__", "accept", "connect", "send", "receive", "close", "choose_subprotocol"]
+
+
+def test_every_name_simple_websocket_exports_exists() -> None:
+    exported = {name for name in dir(simple_websocket) if not name.startswith("_")}
+    classes = {name for name in exported if inspect.isclass(getattr(simple_websocket, name))}
+    assert classes == set(NAMES)
+    for name in NAMES:
+        assert hasattr(trillium, name)
+
+
+def _positional(function: object) -> list[tuple[str, object]]:
+    return [
+        (p.name, p.default)
+        for p in inspect.signature(function).parameters.values()  # type: ignore[arg-type]
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+# (class, method) pairs simple-websocket users call; AioServer.connect is internal.
+CALLS = [
+    (cls, method)
+    for cls in ("Server", "Client", "AioServer", "AioClient")
+    for method in METHODS
+    if hasattr(getattr(simple_websocket, cls), method) and (cls, method) != ("AioServer", "connect")
+]
+
+
+@pytest.mark.parametrize(("cls", "method"), CALLS, ids=[f"{c}.{m}" for c, m in CALLS])
+def test_same_positional_parameters_and_defaults(cls: str, method: str) -> None:
+    theirs = getattr(getattr(simple_websocket, cls), method)
+    ours = getattr(getattr(trillium, cls), method)
+    assert _positional(ours) == _positional(theirs)
+    extra = set(inspect.signature(ours).parameters) - set(inspect.signature(theirs).parameters)
+    for name in extra:
+        assert inspect.signature(ours).parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_exceptions_carry_simple_websocket_attributes() -> None:
+    from trillium.core.close import Close
+
+    closed = trillium.ConnectionClosedOK(Close(1000, "bye"), Close(1000, "bye"))
+    assert isinstance(closed, trillium.ConnectionClosed)
+    assert (closed.reason, closed.message) == (1000, "bye")
+    assert trillium.ConnectionError(400).status_code == 400
+    assert issubclass(trillium.InvalidStatus, trillium.ConnectionError)
