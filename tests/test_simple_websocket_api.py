@@ -59,3 +59,10 @@ def test_exceptions_carry_simple_websocket_attributes() -> None:
     assert (closed.reason, closed.message) == (1000, "bye")
     assert trillium.ConnectionError(400).status_code == 400
     assert issubclass(trillium.InvalidStatus, trillium.ConnectionError)
+
+
+def test_connection_closed_takes_simple_websockets_code_and_message() -> None:
+    """simple-websocket code raises ConnectionClosed(reason=code, message=text) itself."""
+    exc = trillium.ConnectionClosed(1001, "going away")
+    assert (exc.reason, exc.message, exc.code) == (1001, "going away", 1001)
+    assert trillium.ConnectionClosed().reason == 1006  # no close frame: abnormal closure

@@ -55,15 +55,23 @@ class ConnectionClosed(WebSocketException, RuntimeError):
     received, else 1006 (abnormal closure, no close frame received).
 
     For simple-websocket users, ``reason`` is that same close code and ``message``
-    the close reason text.
+    the close reason text, and ``ConnectionClosed(1000, "bye")`` builds one the way
+    simple-websocket does (code, then text).
     """
 
     def __init__(
         self,
-        rcvd: Close | None = None,
-        sent: Close | None = None,
+        rcvd: Close | int | None = None,
+        sent: Close | str | None = None,
         rcvd_then_sent: bool | None = None,
     ) -> None:
+        if isinstance(rcvd, int):
+            # simple-websocket's signature: ConnectionClosed(reason=code, message=text).
+            from .core.close import Close
+
+            rcvd = Close(rcvd, sent if isinstance(sent, str) else "")
+            sent = None
+        assert not isinstance(sent, str)
         self.rcvd = rcvd
         self.sent = sent
         self.rcvd_then_sent = rcvd_then_sent
