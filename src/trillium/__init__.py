@@ -23,6 +23,7 @@ The sans-I/O framing core lives in ``trillium.core``; the connection manager in
 __version__ = "0.1.0"
 
 from .aio import AioClient, AioServer
+from .asgi.wrapper import WebSocketASGI
 from .auth import basic_auth
 from .broadcast import broadcast
 from .client import ClientConnection, connect, run_client, unix_connect
@@ -78,6 +79,7 @@ __all__ = [
     "Server",
     "ServerConnection",
     "State",
+    "WebSocketASGI",
     "WebSocketException",
     "WebSocketServer",
     "__version__",

@@ -1,14 +1,20 @@
-"""The command line: ``python -m trillium [demo | echo | connect URI]``.
+"""The command line: ``python -m trillium [demo | core-demo | echo | connect URI | serve APP]``.
 
-- ``demo`` (the default) walks through the framing core: a client and a server
-  perform the opening handshake and exchange frames entirely in memory, and every
-  byte that would cross the wire is printed.
+- ``demo [--host 127.0.0.1] [--port 8000]`` (the default) runs a chat room
+  (``trillium.demo``): open http://127.0.0.1:8000 in a few browser tabs; every tab
+  joins the room, sees who is online and chats with the others. The page and the
+  WebSocket are both served by trillium, on the same port.
+- ``core-demo`` walks through the framing core: a client and a server perform the
+  opening handshake and exchange frames entirely in memory, and every byte that
+  would cross the wire is printed.
 - ``echo --host 127.0.0.1 --port 9001 [--max-size BYTES] [--no-compression]`` runs
   an echo server: every message is sent back as received (text as text, binary as
   binary). Conformance tools drive it; pass ``--max-size 67108864`` for their
   largest messages.
 - ``connect ws://...`` is an interactive client: lines typed are sent, messages
   received are printed.
+- ``serve module:app [--host --port --uds --ssl-certfile --ssl-keyfile --root-path
+  --no-access-log ...]`` serves an ASGI application (``trillium.asgi.cli``).
 """
 
 from __future__ import annotations
@@ -139,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="trillium: a trio-native WebSocket library.",
     )
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("demo", help="show the framing core at work (the default)")
+    demo = sub.add_parser("demo", help="run the chat room demo (the default)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    demo.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    sub.add_parser("core-demo", help="show the framing core at work, byte by byte")
     echo = sub.add_parser("echo", help="run an echo server")
     echo.add_argument("--host", default="127.0.0.1")
     echo.add_argument("--port", type=int, default=9001)
@@ -149,13 +158,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     echo.add_argument("--no-compression", action="store_true", help="turn permessage-deflate off")
     connect = sub.add_parser("connect", help="interactive client")
     connect.add_argument("uri", help="ws:// or wss:// URI")
+    from .asgi import cli as asgi_cli
+
+    asgi_cli.add_arguments(sub.add_parser("serve", help="serve an ASGI application"))
     args = parser.parse_args(argv)
     if args.command in (None, "demo"):
+        from .demo import run
+
+        run(getattr(args, "host", "127.0.0.1"), getattr(args, "port", 8000))
+    elif args.command == "core-demo":
         core_demo()
     elif args.command == "echo":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         with contextlib.suppress(KeyboardInterrupt):
             trio.run(echo_server, args.host, args.port, args.max_size, None)
+    elif args.command == "serve":
+        return asgi_cli.run_from_args(args)
     elif args.command == "connect":
         with contextlib.suppress(KeyboardInterrupt):
             trio.run(interactive_client, args.uri)
