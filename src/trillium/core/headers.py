@@ -40,10 +40,12 @@ class Headers(MutableMapping[str, str]):
     apart; ``h[name] = value`` appends a field, as HTTP allows repeats.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_index", "_items")
 
     def __init__(self, items: HeadersLike | None = None) -> None:
         self._items: list[tuple[str, str]] = []
+        # lowercased name -> its values in order: lookups cost one dict access.
+        self._index: dict[str, list[str]] = {}
         if items is not None:
             self.update(items)
 
@@ -54,42 +56,35 @@ class Headers(MutableMapping[str, str]):
         else:
             pairs = items or ()
         for name, value in pairs:
-            self._items.append((name, value))
+            self[name] = value
         for name, value in kwargs.items():
-            self._items.append((name, value))
+            self[name] = value
 
     def __getitem__(self, name: str) -> str:
-        values = self.get_all(name)
+        values = self._index.get(name.lower())
         if not values:
             raise KeyError(name)
-        return ", ".join(values)
+        return values[0] if len(values) == 1 else ", ".join(values)
 
     def __setitem__(self, name: str, value: str) -> None:
         self._items.append((name, value))
+        self._index.setdefault(name.lower(), []).append(value)
 
     def __delitem__(self, name: str) -> None:
         lower = name.lower()
-        kept = [(k, v) for k, v in self._items if k.lower() != lower]
-        if len(kept) == len(self._items):
+        if lower not in self._index:
             raise KeyError(name)
-        self._items = kept
+        del self._index[lower]
+        self._items = [(k, v) for k, v in self._items if k.lower() != lower]
 
     def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        lower = name.lower()
-        return any(k.lower() == lower for k, _ in self._items)
+        return isinstance(name, str) and name.lower() in self._index
 
     def __iter__(self) -> Iterator[str]:
-        seen: set[str] = set()
-        for k, _ in self._items:
-            lower = k.lower()
-            if lower not in seen:
-                seen.add(lower)
-                yield lower
+        return iter(list(self._index))
 
     def __len__(self) -> int:
-        return len({k.lower() for k, _ in self._items})
+        return len(self._index)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Headers):
@@ -103,8 +98,7 @@ class Headers(MutableMapping[str, str]):
 
     def get_all(self, name: str) -> list[str]:
         """Every value of the field ``name``, in order (empty list if absent)."""
-        lower = name.lower()
-        return [v for k, v in self._items if k.lower() == lower]
+        return list(self._index.get(name.lower(), ()))
 
     def raw_items(self) -> list[tuple[str, str]]:
         """The fields as received or added, with their original case and order."""
