@@ -1,4 +1,7 @@
-"""Sessions: tests, lint, typecheck, bench. ``nox -s tests lint typecheck`` is CI's job."""
+"""Sessions: tests, notebooks, docs, lint, typecheck, bench.
+
+``nox -s tests lint typecheck`` is CI's job (the tests build the docs and run the notebooks).
+"""
 
 from __future__ import annotations
 
@@ -25,11 +28,28 @@ def notebooks(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs site (mkdocs-material) with warnings as errors, into site/.
+
+    ``tests/test_docs.py`` builds it too, and runs every Python example in it.
+    ``nox -s docs -- serve`` previews it at http://127.0.0.1:8000 instead.
+    """
+    session.install("-e", ".[test]")
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:], env={"NO_MKDOCS_2_WARNING": "1"})
+    else:
+        session.run(
+            "mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"}
+        )
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff: style, imports and common bugs."""
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py", "setup.py")
-    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py", "setup.py")
+    paths = ["src", "tests", "benchmarks", "docs/_hooks", "noxfile.py", "setup.py"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session
@@ -51,7 +71,8 @@ def bench(session: nox.Session) -> None:
     # (``--only``, ``--sections``) go to it alone.
     quick = ["--quick"] if "--quick" in session.posargs else []
     session.run("python", "benchmarks/core.py", *quick)
-    session.run("python", "benchmarks/echo.py", *session.posargs)
+    # The numbers also go to .benchmarks/echo.json, which notebooks/07_performance plots.
+    session.run("python", "benchmarks/echo.py", "--json", ".benchmarks/echo.json", *session.posargs)
     # The blocking and asyncio faces against simple-websocket's and websockets' clients.
     session.run(
         "python", "benchmarks/faces.py", *(["--quick"] if "--quick" in session.posargs else [])

@@ -821,6 +821,26 @@ def source_revision() -> str:
     return f"{head[:80]}{' (with uncommitted changes)' if dirty else ''}"
 
 
+def write_json(path: Path, results: Results, settings: Settings, *, quick: bool) -> None:
+    """Every value measured, per metric and server (one per round), with the run's context.
+
+    Metrics are named as in the report: ``rate 16`` (messages per second, 16 B
+    messages), ``server cpu 1024`` (µs per message), ``p50`` (s), and so on.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "benchmark": "benchmarks/echo.py",
+        "quick": quick,
+        "rounds": settings.rounds,
+        "sizes": SIZES,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "trillium_source": source_revision(),
+        "values": {metric: dict(servers) for metric, servers in results.values.items()},
+    }
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -831,6 +851,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="short runs, 200 connections")
     parser.add_argument("--only", type=csv, default=SERVERS, help="servers, comma-separated")
     parser.add_argument("--sections", type=csv, default=SECTIONS, help="comma-separated")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="also write every measurement here (notebooks/07_performance.ipynb plots it)",
+    )
     args = parser.parse_args(argv)
     for name in args.only:
         if name not in SERVERS:
@@ -872,6 +897,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         load.stop()
 
     report = Report(bench.results, names)
+    if args.json:
+        write_json(Path(args.json), bench.results, settings, quick=args.quick)
     report.print(args.sections, settings)
     report.targets(args.sections, settings)
     report.failures()

@@ -1,0 +1,117 @@
+"""An MkDocs hook: the benchmark tables of ``benchmarks.md``, from a results file.
+
+``<!-- benchmark-tables -->`` in a page is replaced by tables built from
+``docs/benchmarks/echo.json``, written by ``python benchmarks/echo.py --json PATH``
+(``nox -s bench`` writes ``.benchmarks/echo.json``; copy it there to publish a new
+run). No number in them is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+MARKER = "<!-- benchmark-tables -->"
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "echo.json"
+ORDER = ["trillium", "trillium-asyncio", "websockets", "trio-websocket", "aiohttp", "picows"]
+#: The unframed TCP echo servers: the floor, with no WebSocket at all.
+LABELS = {"raw-trio": "raw-trio (plain TCP)", "raw-asyncio": "raw-asyncio (plain TCP)"}
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n // 1024} KiB" if n < 2**20 else f"{n >> 20} MiB"
+
+
+def _best(values: dict[str, Any], metric: str, server: str, higher: bool) -> float | None:
+    got = values.get(metric, {}).get(server)
+    if not got:
+        return None
+    return max(got) if higher else min(got)
+
+
+def _table(
+    values: dict[str, Any],
+    servers: list[str],
+    columns: list[tuple[str, str]],
+    higher: bool,
+    fmt: str,
+) -> str:
+    lines = ["| server | " + " | ".join(label for label, _ in columns) + " |"]
+    lines.append("|---|" + "---:|" * len(columns))
+    for server in servers:
+        cells = []
+        for _, metric in columns:
+            value = _best(values, metric, server, higher)
+            cells.append("" if value is None else format(value, fmt))
+        if any(cells):
+            lines.append(f"| {LABELS.get(server, server)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tables(data: dict[str, Any]) -> str:
+    values = data["values"]
+    seen = {server for metric in values.values() for server in metric}
+    servers = [s for s in ORDER if s in seen] + sorted(seen - set(ORDER))
+    sizes = data["sizes"]
+    parts = [
+        f"Run: `{data['benchmark']}{' --quick' if data['quick'] else ''}`, best of "
+        f"{data['rounds']} round(s), Python {data['python']}, {data['cpus']} CPUs, "
+        f"trillium source {data['trillium_source']}.",
+        "### Echo throughput (messages per second, 64 in flight, higher is better)",
+        _table(values, servers, [(_size(z), f"rate {z}") for z in sizes], True, ",.0f"),
+        "### Echo throughput relative to websockets, same run (higher is better)",
+        _table(
+            {
+                f"rate {z}": {
+                    server: [max(got) / max(values[f"rate {z}"]["websockets"])]
+                    for server, got in values[f"rate {z}"].items()
+                    if not server.startswith("raw-")
+                }
+                for z in sizes
+                if values.get(f"rate {z}", {}).get("websockets")
+            },
+            servers,
+            [(_size(z), f"rate {z}") for z in sizes],
+            True,
+            ".2f",
+        ),
+        "### Server CPU per message (µs, lower is better)",
+        _table(values, servers, [(_size(z), f"server cpu {z}") for z in sizes], False, ",.1f"),
+    ]
+    if "p50" in values:
+        parts += [
+            "### Latency (one 16 B message in flight, µs, lower is better)",
+            _table(values, servers, [("p50", "p50"), ("p99", "p99")], False, ",.1f"),
+        ]
+    if "handshakes/s" in values:
+        parts += [
+            "### Opening and closing handshakes per second (higher is better)",
+            _table(values, servers, [("handshakes/s", "handshakes/s")], True, ",.0f"),
+        ]
+    memory = sorted(m for m in values if m.startswith("memory "))
+    if memory:
+        parts += [
+            "### Server memory per idle connection (KiB, lower is better)",
+            _table(
+                {m: {s: [v / 1024 for v in vs] for s, vs in values[m].items()} for m in memory},
+                servers,
+                [(f"{int(m.split()[1]):,} connections", m) for m in memory],
+                False,
+                ",.1f",
+            ),
+        ]
+    if "fanout" in values:
+        parts += [
+            "### Fan-out: one 16 B message to every idle client (ms, lower is better)",
+            _table(values, servers, [("median", "fanout")], False, ",.2f"),
+        ]
+    return "\n\n".join(parts)
+
+
+def on_page_markdown(markdown: str, **kwargs: Any) -> str:
+    if MARKER not in markdown:
+        return markdown
+    if not RESULTS.exists():
+        raise FileNotFoundError(f"{RESULTS} is missing: run benchmarks/echo.py --json {RESULTS}")
+    return markdown.replace(MARKER, tables(json.loads(RESULTS.read_text())))
