@@ -171,7 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "echo":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         with contextlib.suppress(KeyboardInterrupt):
-            trio.run(echo_server, args.host, args.port, args.max_size, None)
+            trio.run(
+                echo_server,
+                args.host,
+                args.port,
+                args.max_size,
+                None if args.no_compression else "deflate",
+            )
     elif args.command == "serve":
         return asgi_cli.run_from_args(args)
     elif args.command == "connect":

@@ -144,3 +144,10 @@ def test_serialize_extensions_round_trips() -> None:
     text = serialize_extensions(extensions)
     assert text == "permessage-deflate; client_max_window_bits; server_max_window_bits=12, x-empty"
     assert parse_extensions([text]) == extensions
+
+
+def test_copying_headers_keeps_the_original_case_of_names() -> None:
+    """Headers(Headers(...)) must not lowercase names: responses go out as built."""
+    original = Headers([("Content-Type", "text/plain"), ("X-Trace", "1"), ("x-trace", "2")])
+    assert Headers(original).raw_items() == original.raw_items()
+    assert original.copy().raw_items() == original.raw_items()

@@ -51,8 +51,10 @@ class Headers(MutableMapping[str, str]):
 
     def update(self, items: HeadersLike | None = None, /, **kwargs: str) -> None:  # type: ignore[override]
         """Append every field of ``items`` (a mapping or (name, value) pairs)."""
-        if isinstance(items, Mapping):
-            pairs: Iterable[tuple[str, str]] = items.items()
+        if isinstance(items, Headers):
+            pairs: Iterable[tuple[str, str]] = items.raw_items()  # keep the original case
+        elif isinstance(items, Mapping):
+            pairs = items.items()
         else:
             pairs = items or ()
         for name, value in pairs:
