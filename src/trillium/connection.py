@@ -24,6 +24,7 @@ the part they share.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -71,15 +72,40 @@ _STREAM_ERRORS = (
 _YIELD_EVERY = 16
 
 
-def _direct_socket(stream: anyio.abc.ByteStream) -> Any:
-    """The raw socket under a plain trio socket stream, for direct non-blocking sends.
+def _direct_writer(stream: anyio.abc.ByteStream, high: int) -> Callable[[bytes], int] | None:
+    """A synchronous ``write(data) -> bytes taken`` straight to the kernel, if there is one.
 
-    None on asyncio (whose transports buffer writes of their own) and for TLS or
-    wrapped streams, which must go through the stream's ``send``.
+    On a plain trio socket stream: a non-blocking ``send`` on the raw socket (trio
+    keeps no buffer of its own, so nothing can be overtaken). On anyio's asyncio
+    socket stream: the transport's ``write``, which takes everything while its
+    buffer stays under ``high`` (the stream's own ``send`` would add a checkpoint
+    and a task switch per message). None for TLS or other wrapped streams, which
+    must go through the stream's ``send``.
     """
-    if type(stream).__module__ != "anyio._backends._trio":
-        return None
-    return stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+    module = type(stream).__module__
+    if module == "anyio._backends._trio":
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        if sock is None:
+            return None
+
+        def send_now(data: bytes) -> int:
+            try:
+                return int(sock.send(data))
+            except OSError:  # BlockingIOError, or an error the writer will meet again
+                return 0
+
+        return send_now
+    transport = getattr(stream, "_transport", None)  # anyio's asyncio SocketStream
+    if module == "anyio._backends._asyncio" and isinstance(transport, asyncio.WriteTransport):
+
+        def write_now(data: bytes) -> int:
+            if transport.is_closing() or transport.get_write_buffer_size() > high:
+                return 0  # let the writer wait for the transport to drain
+            transport.write(data)
+            return len(data)
+
+        return write_now
+    return None
 
 
 T = TypeVar("T")
@@ -146,7 +172,6 @@ class Connection:
         "_queue_drained",
         "_queue_high",
         "_queue_low",
-        "_raw_socket",
         "_read_size",
         "_receiving",
         "_scopes",
@@ -156,6 +181,7 @@ class Connection:
         "_write_drained",
         "_write_high",
         "_write_low",
+        "_write_now",
         "_writer_done",
         "_writer_started",
         "_writer_wakeup",
@@ -217,7 +243,7 @@ class Connection:
         self._out: list[bytes] = []
         self._out_size = 0
         self._writing = False
-        self._raw_socket: Any = None  # set by _running, once the stream is final
+        self._write_now: Callable[[bytes], int] | None = None  # set by _running
         self._sends_since_yield = 0
         self._writer_wakeup: anyio.Event | None = None
         self._writer_started = False
@@ -297,7 +323,7 @@ class Connection:
         ``async with connect(...)`` block works.
         """
         self.protocol = protocol
-        self._raw_socket = _direct_socket(self.stream)  # after any TLS wrapping
+        self._write_now = _direct_writer(self.stream, self._write_high)  # after any TLS
         body_exc: BaseException | None = None
         try:
             async with self._backend.open_task_group() as tg:
@@ -457,7 +483,7 @@ class Connection:
     def _write(self, data: bytes) -> None:
         """Hand complete frames to the writer (no checkpoint: frames are never split).
 
-        On plain trio sockets, when the writer is idle and either no received
+        On plain sockets (see ``_direct_writer``), when the writer is idle and either no received
         message is waiting to be handled (so no reply is likely to follow at once)
         or more than ``write_limit`` is queued, everything queued goes straight to
         the socket with a non-blocking send: a request and response exchange then
@@ -467,18 +493,15 @@ class Connection:
         """
         self._out.append(data)
         self._out_size += len(data)
-        sock = self._raw_socket
+        write_now = self._write_now
         if (
-            sock is not None
+            write_now is not None
             and not self._writing
             and (not self._messages or self._out_size > self._write_high)
         ):
             out = self._out
             pending = out[0] if len(out) == 1 else b"".join(out)
-            try:
-                sent = sock.send(pending)
-            except OSError:  # BlockingIOError, or an error the writer will meet again
-                sent = 0
+            sent = write_now(pending)
             if sent:
                 self._out_size -= sent
                 out.clear()
