@@ -1,4 +1,4 @@
-"""Sessions: tests, notebooks, docs, lint, typecheck, bench.
+"""Sessions: tests, notebooks, docs, lint, typecheck, bench, fuzz, soak.
 
 ``nox -s tests lint typecheck`` is CI's job (the tests build the docs and run the notebooks).
 """
@@ -47,7 +47,7 @@ def docs(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff: style, imports and common bugs."""
     session.install("ruff")
-    paths = ["src", "tests", "benchmarks", "docs/_hooks", "noxfile.py", "setup.py"]
+    paths = ["src", "tests", "benchmarks", "fuzz", "docs/_hooks", "noxfile.py", "setup.py"]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
 
@@ -85,3 +85,32 @@ def bench(session: nox.Session) -> None:
     )
     # Compressed echo (permessage-deflate) against websockets, both compressing.
     session.run("python", "benchmarks/compression.py", *quick)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Coverage-guided fuzzing of the framing core (atheris), for a bounded time.
+
+    ``nox -s fuzz`` fuzzes for 300 s, then prints the corpus's line and branch
+    coverage of ``trillium.core``; ``nox -s fuzz -- --seconds 3600`` for longer (other
+    options: ``python fuzz/fuzz_protocol.py --help``). The corpus grows in
+    ``.fuzz/corpus`` from run to run; a finding is written to ``.fuzz/crashes`` and
+    replayed with ``python fuzz/replay.py FILE``. The test suite runs a 15 s slice.
+    """
+    session.install("-e", ".", "atheris", "coverage")
+    session.run(
+        "python", "fuzz/fuzz_protocol.py", "--coverage", *(session.posargs or ["--seconds", "300"])
+    )
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """5,000 concurrent connections on loopback exchanging messages for 180 s.
+
+    Every message is checked to arrive exactly once and in order, both ways; the
+    server's peak RSS, the message count and the close codes are reported, and its
+    memory must come back to its baseline once the clients close. ``nox -s soak --
+    --quick`` runs 30 s; other options: ``python benchmarks/soak.py --help``.
+    """
+    session.install("-e", ".")
+    session.run("python", "benchmarks/soak.py", *session.posargs)

@@ -4,7 +4,8 @@
 - ``RawClient``: a hand-driven client over a plain trio socket (a hand-made opening
   handshake, frames built with ``serialize_frame``), for peers that misbehave;
 - ``raw_server(behaviour)``: a plain trio TCP server calling ``behaviour(stream)`` for
-  each connection, and ``accept_handshake(stream)`` to answer the upgrade by hand.
+  each connection, and ``accept_handshake(stream)`` to answer the upgrade by hand;
+- ``open_fds()`` and ``count_tasks()``: what a leak would leave behind.
 """
 
 from __future__ import annotations
@@ -50,6 +51,22 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(0.005)
+
+
+def open_fds() -> int:
+    """File descriptors open in this process (Linux)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def count_tasks() -> int:
+    """Every task alive in this trio run, found by walking the task tree from the root."""
+
+    def walk(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(
+            walk(child) for nursery in task.child_nurseries for child in nursery.child_tasks
+        )
+
+    return walk(trio.lowlevel.current_root_task())
 
 
 def close_payload(frame: Frame) -> Close:

@@ -92,3 +92,47 @@ async def test_plain_client_against_a_tls_server_fails_within_open_timeout(
             with pytest.raises((trillium.InvalidHandshake, OSError, TimeoutError)):
                 async with trillium.connect(f"ws://127.0.0.1:{port_of(server)}/", open_timeout=2):
                     pass
+
+
+async def test_a_failed_verification_says_why_and_leaves_the_server_serving(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> None:
+    """The client's error names the reason (an untrusted issuer; a name the certificate
+    doesn't hold); the server drops those handshakes and keeps nothing of them."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trillium.serve(echo, "127.0.0.1", 0, ssl=server_context) as server:
+            port = port_of(server)
+            with pytest.raises(ssl.SSLCertVerificationError) as untrusted:
+                async with trillium.connect(f"wss://localhost:{port}/"):
+                    pass  # pragma: no cover
+            assert "certificate verify failed" in str(untrusted.value)
+            assert "unable to get local issuer certificate" in str(untrusted.value)
+            with pytest.raises(ssl.SSLCertVerificationError) as mismatch:
+                async with trillium.connect(
+                    f"wss://127.0.0.1:{port}/", ssl=client_context, server_hostname="other.test"
+                ):
+                    pass  # pragma: no cover
+            assert "Hostname mismatch" in str(mismatch.value)
+            assert server.connections == set()
+            async with trillium.connect(f"wss://localhost:{port}/", ssl=client_context) as ws:
+                await ws.send("still serving")
+                assert await ws.recv() == "still serving"
+
+
+async def test_garbage_instead_of_a_tls_hello_is_dropped(server_context: ssl.SSLContext) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trillium.serve(
+            echo, "127.0.0.1", 0, ssl=server_context, open_timeout=5
+        ) as server:
+            sock = trio.socket.socket()
+            await sock.connect(("127.0.0.1", port_of(server)))
+            with sock:
+                await sock.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)) * 8)
+                start = trio.current_time()
+                try:
+                    while await sock.recv(65536):
+                        pass
+                except ConnectionResetError:
+                    pass
+                assert trio.current_time() - start < 2  # at once, not at open_timeout
+            assert server.connections == set()

@@ -10,7 +10,7 @@
 - ``echo --host 127.0.0.1 --port 9001 [--max-size BYTES] [--no-compression]`` runs
   an echo server: every message is sent back as received (text as text, binary as
   binary). Conformance tools drive it; pass ``--max-size 67108864`` for their
-  largest messages.
+  largest messages. SIGINT or SIGTERM closes every connection with 1001 and exits.
 - ``connect ws://...`` is an interactive client: lines typed are sent, messages
   received are printed.
 - ``serve module:app [--host --port --uds --ssl-certfile --ssl-keyfile --root-path
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -91,7 +92,11 @@ def core_demo() -> None:
 
 
 async def echo_server(host: str, port: int, max_size: int | None, compression: str | None) -> None:
-    """Serve until interrupted, sending every message back as it came."""
+    """Serve until SIGINT or SIGTERM, sending every message back as it came.
+
+    On either signal the server shuts down gracefully: it stops accepting, closes every
+    connection with 1001 (going away) after the messages already sent, and exits 0.
+    """
     from .connection import Connection
     from .server import serve
 
@@ -99,10 +104,16 @@ async def echo_server(host: str, port: int, max_size: int | None, compression: s
         async for message in ws:
             await ws.send(message)
 
-    async with serve(echo, host, port, max_size=max_size, compression=compression) as server:
-        for sock in server.sockets:
-            print(f"echo server listening on ws://{host}:{sock.getsockname()[1]}", flush=True)
-        await server.serve_forever()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with serve(echo, host, port, max_size=max_size, compression=compression) as server:
+            for sock in server.sockets:
+                print(f"echo server listening on ws://{host}:{sock.getsockname()[1]}", flush=True)
+            async for signum in signals:
+                logging.getLogger("trillium").info(
+                    "%s received: closing connections with 1001", signal.Signals(signum).name
+                )
+                break
+            # Leaving the block closes the server (server.close()): 1001 for everyone.
 
 
 async def interactive_client(uri: str) -> None:

@@ -20,7 +20,8 @@ connection directly from your task.
 >>> asyncio.run(main())
 Hello
 None
->>> echo.terminate(); echo.wait() and None
+>>> echo.terminate(); echo.wait()  # SIGTERM: every client gets 1001, then exit 0
+0
 
 On the server side, ``AioServer.accept()`` takes over a request from aiohttp
 (``aiohttp=request``), from any ASGI server (``asgi=(scope, receive, send)``: FastAPI,

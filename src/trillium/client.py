@@ -77,12 +77,21 @@ async def _open_stream(
         context = ssl if isinstance(ssl, ssl_module.SSLContext) else None
         if context is None:
             context = ssl_module.create_default_context()
-        stream = await TLSStream.wrap(
-            stream,
-            hostname=server_hostname or uri.host,
-            ssl_context=context,
-            standard_compatible=False,
-        )
+        try:
+            stream = await TLSStream.wrap(
+                stream,
+                hostname=server_hostname or uri.host,
+                ssl_context=context,
+                standard_compatible=False,
+            )
+        except BaseException:
+            # A failed TLS handshake (a certificate that doesn't verify, a timeout)
+            # must close the TCP connection now: left to the garbage collector, and
+            # the exception's traceback keeps it alive, it holds a file descriptor,
+            # and the server waits out its open_timeout for a client that is gone.
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
     return stream
 
 

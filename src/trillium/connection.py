@@ -6,12 +6,15 @@ its task group holds three tasks:
 
 - the **reader** reads from the stream, feeds the protocol, queues the messages it
   yields for ``recv()``, and stops reading when ``max_queue`` messages wait, so TCP
-  pushes back on the peer;
+  pushes back on the peer (it parses no more messages than the queue has room for,
+  so a read full of tiny messages doesn't overfill it);
 - the **writer** sends what ``send()`` and the protocol queued, joining everything
   that piled up into one write; ``send()`` waits while more than ``write_limit``
   bytes are buffered, so a slow reader on the other side cannot grow our memory;
 - the **keepalive** pings every ``ping_interval`` seconds and fails the connection
   (1011) when no pong comes within ``ping_timeout``; the round trip is ``latency``.
+  A failed connection's TCP connection is dropped at most ``close_timeout`` later,
+  even when the peer has vanished and our close frame can't get out.
 
 ``send()`` never writes to the stream itself: it encodes the frame and appends it to
 the writer's buffer in one step with no checkpoint in between, so cancelling a
@@ -378,7 +381,18 @@ class Connection:
                     self._queue_drained = self._backend.Event()
                     await self._queue_drained.wait()
                     continue
-                if self.initial_data:
+                # Parse no more events than the queue has room for: one read may hold
+                # thousands of tiny messages, and max_queue bounds what waits for
+                # recv(), not just when we stop reading. The rest stays buffered in
+                # the protocol (paused) until recv() makes room. Once closing, parse
+                # everything: the peer's close frame must get through.
+                room = None
+                if protocol.state is State.OPEN:
+                    room = max(1, self._queue_high - len(messages))
+                data: bytes | None
+                if protocol.paused:
+                    data = None  # complete frames may be buffered: parse them first
+                elif self.initial_data:
                     data, self.initial_data = self.initial_data, b""
                 else:
                     try:
@@ -387,7 +401,10 @@ class Connection:
                         data = b""
                 failure: ProtocolError | None = None
                 try:
-                    events = protocol.receive_data(data)
+                    if data is None:
+                        events = protocol.receive_buffered(max_events=room)
+                    else:
+                        events = protocol.receive_data(data, max_events=room)
                 except ProtocolError as exc:
                     failure = exc
                     events = exc.events  # type: ignore[assignment]
@@ -408,7 +425,7 @@ class Connection:
                 reply = protocol.data_to_send()
                 if reply:
                     self._write(reply)
-                if failure is not None or not data:
+                if failure is not None or data == b"":
                     break
                 if protocol.state is State.CLOSED:
                     # Closing handshake done. The server closes TCP first (RFC 6455
@@ -554,7 +571,25 @@ class Connection:
             self._write(self.protocol.send_close(code, reason))
         self._transport_closing = True
         self._resume_reading()
+        # A send() waiting for room would wait for a peer that may never read again:
+        # wake it, to raise ConnectionClosed (_wait_for_room sees _transport_closing).
+        self._wake_senders()
         self._start_writer()
+        # The writer may be stuck in a send to a peer that stopped reading (one that
+        # vanished without a FIN, the very case keepalive detects), and the reader in a
+        # receive from it: nothing else would ever close the stream, and the
+        # connection and its handler would hang. Give the close frame close_timeout
+        # to go out, then drop TCP, as close() does.
+        if self._task_group is not None and not self._closed.is_set():
+            self._task_group.start_soon(self._abort_after_close_timeout, name="trillium abort")
+
+    async def _abort_after_close_timeout(self) -> None:
+        with self._shielded():
+            with self._backend.move_on_after(self._close_wait()):
+                await self._closed.wait()
+                return
+            self.logger.debug("connection %s: close frame not sent in time; dropping TCP", self.id)
+            await self._abort()
 
     async def _close_transport(self) -> None:
         """Flush what is queued (at most close_timeout), close the stream, wake everyone."""

@@ -15,7 +15,8 @@ b'\\x00\\x01'
 >>> ws.receive(timeout=0.1) is None  # nothing came within the timeout
 True
 >>> ws.close()
->>> echo.terminate(); echo.wait() and None
+>>> echo.terminate(); echo.wait()  # SIGTERM: every client gets 1001, then exit 0
+0
 
 In a WSGI view, ``Server.accept(environ)`` takes the connection over from the web
 server (Werkzeug and Gunicorn are supported; Flask-Sock works with

@@ -135,6 +135,53 @@ def test_any_chunking_yields_the_same_events(
     assert feed(Protocol(SERVER, max_size=max_size, streaming=streaming), one_by_one) == whole
 
 
+def feed_paused(
+    protocol: Protocol, chunks: list[bytes], max_events: int
+) -> tuple[list[object], object, bytes]:
+    """``feed``, parsing at most ``max_events`` per call as the connection manager does."""
+    events: list[object] = []
+    for chunk in chunks:
+        try:
+            batch = protocol.receive_data(chunk, max_events=max_events)
+            assert len(batch) <= max_events
+            events.extend(batch)
+            while protocol.paused:
+                batch = protocol.receive_buffered(max_events=max_events)
+                assert batch or not protocol.paused, "a pause that makes no progress"
+                assert len(batch) <= max_events
+                events.extend(batch)
+        except ProtocolError as exc:
+            events.extend(exc.events)
+            return events, (type(exc), exc.code), protocol.data_to_send()
+    return events, None, protocol.data_to_send()
+
+
+@THOROUGH
+@given(
+    stream=client_streams(),
+    max_size=st.sampled_from([None, 8]),
+    streaming=st.booleans(),
+    max_events=st.integers(1, 4),
+    data=st.data(),
+)
+def test_max_events_pauses_without_changing_the_events(
+    stream: bytes, max_size: int | None, streaming: bool, max_events: int, data: st.DataObject
+) -> None:
+    """Parsing a few events at a time (the reader's bound on its queue) changes nothing
+    but when they come: same events, same failure, same replies."""
+    whole = feed(Protocol(SERVER, max_size=max_size, streaming=streaming), [stream])
+    chunks = split(stream, data.draw(cuts_for(stream)))
+    paused = feed_paused(
+        Protocol(SERVER, max_size=max_size, streaming=streaming), chunks, max_events
+    )
+    assert paused == whole
+
+
+def test_max_events_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Protocol(SERVER).receive_data(b"\x81", max_events=0)
+
+
 # ---------------------------------------------------------------- robustness
 
 

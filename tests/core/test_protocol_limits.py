@@ -151,6 +151,31 @@ def test_streaming_still_enforces_max_size_per_message() -> None:
     assert exc.events == [Message(b"ab", False)]
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("opcode", [Opcode.TEXT, Opcode.BINARY])
+def test_endless_empty_fragments_keep_nothing(streaming: bool, opcode: Opcode) -> None:
+    """Empty continuation frames count nothing against max_size: they must cost nothing
+    either (a regression found by fuzz/: they grew the list of parts, and streamed an
+    empty event each, without bound)."""
+    server = Protocol(SERVER, max_size=16, streaming=streaming)
+    empty = peer_frame(server, Opcode.CONTINUATION, b"", fin=False)
+    events = server.receive_data(peer_frame(server, opcode, b"", fin=False) + empty * 10_000)
+    assert events == []
+    assert server._in_parts == [] and server._in_text == []
+    # The message itself is intact, and typed by its first frame.
+    data = b"ok" if opcode is Opcode.BINARY else "ok"
+    last = server.receive_data(peer_frame(server, Opcode.CONTINUATION, b"ok"))
+    assert last == [Message(data, True)]
+
+
+def test_a_streamed_fragment_holding_half_a_character_waits_for_the_rest() -> None:
+    server = Protocol(SERVER, streaming=True)
+    start = peer_frame(server, Opcode.TEXT, "é".encode()[:1], fin=False)
+    assert server.receive_data(start) == []
+    end = peer_frame(server, Opcode.CONTINUATION, "é".encode()[1:])
+    assert server.receive_data(end) == [Message("é", True)]
+
+
 # ---------------------------------------------------------------- what a failure reports
 
 

@@ -140,6 +140,9 @@ class Protocol:
         self.close_rcvd_then_sent: bool | None = None
         #: The protocol violation that failed the connection, if any.
         self.failure: ProtocolError | None = None
+        #: True when receive_data stopped at max_events with bytes still buffered:
+        #: call receive_buffered() before waiting for more bytes.
+        self.paused = False
 
         rsv = 0
         for ext in self.extensions:
@@ -158,10 +161,22 @@ class Protocol:
 
     # ------------------------------------------------------------------ receiving
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes, *, max_events: int | None = None) -> list[Event]:
         """Feed bytes read from the network; return the events they complete.
 
         ``b""`` means the peer closed the TCP connection (end of file).
+
+        ``max_events`` stops parsing once that many events are returned, so that a
+        caller with room for a few messages never holds thousands of them from one
+        read of tiny frames. The rest stays buffered, ``paused`` is True, and
+        ``receive_buffered()`` parses on from there::
+
+            >>> server, client = Protocol(SERVER), Protocol(CLIENT)
+            >>> wire = client.send_text("a") + client.send_text("b") + client.send_text("c")
+            >>> server.receive_data(wire, max_events=2), server.paused
+            ([Message(data='a', final=True), Message(data='b', final=True)], True)
+            >>> server.receive_buffered(), server.paused
+            ([Message(data='c', final=True)], False)
         """
         if not data:
             self._receive_eof()
@@ -170,11 +185,31 @@ class Protocol:
             return []  # we failed the connection: what follows is not worth reading
         if self.close_rcvd is not None:
             raise ProtocolError("data received after the peer's close frame")
+        self._parser.feed(data)
+        return self._parse(_UNLIMITED if max_events is None else max_events)
+
+    def receive_buffered(self, *, max_events: int | None = None) -> list[Event]:
+        """Parse on from where ``receive_data(..., max_events=...)`` paused (no new bytes).
+
+        Returns ``[]`` (and clears ``paused``) when no complete frame is left.
+        """
+        if self.failure is not None or self.close_rcvd is not None:
+            self.paused = False
+            return []
+        return self._parse(_UNLIMITED if max_events is None else max_events)
+
+    def _parse(self, max_events: int) -> list[Event]:
+        """Turn buffered bytes into events until a frame is incomplete (or max_events)."""
+        if max_events < 1:
+            raise ValueError("max_events must be at least 1")
         parser = self._parser
-        parser.feed(data)
         events: list[Event] = []
+        self.paused = False
         try:
             while True:
+                if len(events) >= max_events:
+                    self.paused = parser.buffered > 0
+                    break
                 limit = _UNLIMITED if self.max_size is None else self.max_size - self._in_size
                 frame = parser.next_frame(limit)
                 if frame is None:
@@ -228,21 +263,25 @@ class Protocol:
         if self.max_size is not None and self._in_size > self.max_size:
             raise PayloadTooBig(f"message exceeds the limit of {self.max_size} bytes")
         fin = frame.fin
-        part: str | bytes
+        if not fin and not payload:
+            # A fragment that adds nothing is not kept: max_size counts bytes, so
+            # endless empty continuation frames would otherwise grow the list of
+            # parts (or, streaming, the caller's queue of fragments) without bound.
+            return
         if self._decoder is not None:
-            part = self._decoder.decode(payload, final=fin)
+            text = self._decoder.decode(payload, final=fin)
             if self.streaming:
-                events.append(Message(part, fin))
+                if text or fin:  # not the first bytes of a code point alone
+                    events.append(Message(text, fin))
             else:
-                self._in_text.append(part)
+                self._in_text.append(text)
                 if fin:
                     events.append(Message("".join(self._in_text)))
         else:
-            part = payload
             if self.streaming:
-                events.append(Message(part, fin))
+                events.append(Message(payload, fin))
             else:
-                self._in_parts.append(part)
+                self._in_parts.append(payload)
                 if fin:
                     events.append(Message(b"".join(self._in_parts)))
         if fin:
