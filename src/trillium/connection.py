@@ -34,7 +34,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
 
@@ -112,6 +112,29 @@ def _direct_writer(stream: anyio.abc.ByteStream, high: int) -> Callable[[bytes],
 
 
 T = TypeVar("T")
+
+
+async def accept_forever(
+    listener: anyio.abc.SocketListener,
+    task_group: Any,
+    handle: Callable[[anyio.abc.SocketStream], Awaitable[None]],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """Accept connections until the listener closes, each handled in ``task_group``.
+
+    A failing ``accept()`` (e.g. EMFILE, out of file descriptors) is logged and
+    retried after a pause instead of spinning or stopping the server.
+    """
+    while True:
+        try:
+            stream = await listener.accept()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return
+        except OSError as exc:
+            logger.warning("accept() failed: %s", exc)
+            await anyio.sleep(0.1)
+            continue
+        task_group.start_soon(handle, stream)
 
 
 async def read_handshake(stream: anyio.abc.ByteStream, feed: Callable[[bytes], T | None]) -> T:

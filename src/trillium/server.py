@@ -48,6 +48,7 @@ from .connection import (
     WaterMarks,
     _only_contains,
     _water_marks,
+    accept_forever,
     read_handshake,
 )
 from .core.close import CloseCode
@@ -252,16 +253,7 @@ class WebSocketServer:
     async def _accept_loop(self, listener: anyio.abc.SocketListener) -> None:
         assert self._task_group is not None
         with self._accepting:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    return
-                except OSError as exc:  # e.g. EMFILE: back off instead of spinning
-                    self.logger.warning("accept() failed: %s", exc)
-                    await anyio.sleep(0.1)
-                    continue
-                self._task_group.start_soon(self._handle_stream, stream)
+            await accept_forever(listener, self._task_group, self._handle_stream, self.logger)
 
     async def _handle_stream(self, stream: anyio.abc.ByteStream) -> None:
         connection = ServerConnection(

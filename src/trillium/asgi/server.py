@@ -55,7 +55,7 @@ from anyio.streams.tls import TLSStream
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-from ..connection import _STREAM_ERRORS, _only_contains
+from ..connection import _STREAM_ERRORS, _only_contains, accept_forever
 from ..core.handshake import ServerHandshake
 from ..exceptions import InvalidHandshake
 from .bridge import Address, WebSocketSession, build_ws_scope, serve_websocket
@@ -267,16 +267,7 @@ class ASGIServer:
     async def _accept_loop(self, listener: anyio.abc.SocketListener) -> None:
         assert self._task_group is not None
         with self._accepting:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    return
-                except OSError as exc:  # e.g. EMFILE: back off instead of spinning
-                    self.logger.warning("accept() failed: %s", exc)
-                    await anyio.sleep(0.1)
-                    continue
-                self._task_group.start_soon(self._handle_stream, stream)
+            await accept_forever(listener, self._task_group, self._handle_stream, self.logger)
 
     async def _handle_stream(self, stream: anyio.abc.ByteStream) -> None:
         # Shielded: on shutdown, close() decides when (and whether) to cancel it.
