@@ -57,11 +57,9 @@ __all__ = [
     "TakenOver",
     "Upgrade",
     "check_upgrade",
-    "client_deflate",
     "closed_exception",
     "message_ready",
     "open_client",
-    "server_deflate",
     "start_server",
     "subprotocol_list",
     "take_over",
@@ -112,22 +110,6 @@ class Options:
         return Protocol(role, max_size=self.max_message_size, streaming=True, extensions=extensions)
 
 
-def server_deflate(compression: ServerCompression) -> ServerPerMessageDeflateFactory | None:
-    if compression is None or isinstance(compression, ServerPerMessageDeflateFactory):
-        return compression
-    if compression == "deflate":
-        return ServerPerMessageDeflateFactory()
-    raise ValueError(f"unsupported compression: {compression!r}")
-
-
-def client_deflate(compression: ClientCompression) -> ClientPerMessageDeflateFactory | None:
-    if compression is None or isinstance(compression, ClientPerMessageDeflateFactory):
-        return compression
-    if compression == "deflate":
-        return ClientPerMessageDeflateFactory()
-    raise ValueError(f"unsupported compression: {compression!r}")
-
-
 def subprotocol_list(subprotocols: SubprotocolsArg) -> list[str]:
     """simple-websocket takes one name or a list of names."""
     if not subprotocols:
@@ -174,7 +156,7 @@ async def open_client(
         credentials = ":".join(uri.user_info).encode("utf-8")
         request_headers.append(("Authorization", "Basic " + base64.b64encode(credentials).decode()))
     request_headers.extend(_header_list(headers))
-    deflate = client_deflate(compression)
+    deflate = ClientPerMessageDeflateFactory.from_compression(compression)
     timeout = options.open_timeout if options.open_timeout is not None else float("inf")
     with anyio.fail_after(timeout):
         stream: anyio.abc.ByteStream = await anyio.connect_tcp(uri.host, uri.port)
@@ -244,7 +226,7 @@ def check_upgrade(
     or 426 for a WebSocket version other than 13) before any byte is written, so the
     web server can still answer with an ordinary HTTP error.
     """
-    deflate = server_deflate(compression)
+    deflate = ServerPerMessageDeflateFactory.from_compression(compression)
     lines = [f"{method} {path or '/'} HTTP/{http_version}"]
     for name, value in headers:
         if any(c in name + value for c in "\r\n\0"):

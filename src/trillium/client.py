@@ -145,17 +145,6 @@ async def _handshake(
     return Protocol(CLIENT, max_size=max_size, streaming=True, extensions=extensions)
 
 
-def _client_deflate(
-    compression: str | ClientPerMessageDeflateFactory | None,
-) -> ClientPerMessageDeflateFactory | None:
-    """The permessage-deflate offer for ``compression``: "deflate", a factory, or None."""
-    if compression is None or isinstance(compression, ClientPerMessageDeflateFactory):
-        return compression
-    if compression == "deflate":
-        return ClientPerMessageDeflateFactory()
-    raise ValueError(f"unsupported compression: {compression!r}")
-
-
 @asynccontextmanager
 async def connect(
     uri: str,
@@ -190,7 +179,7 @@ async def connect(
     and body), a bad URI ``InvalidURI``, a slow handshake ``TimeoutError`` after
     ``open_timeout``. The other options mirror ``serve``.
     """
-    deflate = _client_deflate(compression)
+    deflate = ClientPerMessageDeflateFactory.from_compression(compression)
     parsed = parse_uri(uri)
     if parsed.secure is False and isinstance(ssl, ssl_module.SSLContext):
         raise ValueError("ssl is only for wss:// URIs")

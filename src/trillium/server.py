@@ -139,7 +139,7 @@ class WebSocketServer:
         max_header_size: int = 16 * 1024,
         ssl: ssl_module.SSLContext | None = None,
     ) -> None:
-        self.deflate = _server_deflate(compression)
+        self.deflate = ServerPerMessageDeflateFactory.from_compression(compression)
         _water_marks(max_queue), _water_marks(write_limit)  # fail now, not at 1st connection
         self.handler = handler
         self._make_listeners = make_listeners
@@ -400,17 +400,6 @@ class WebSocketServer:
                 answer, connection.extension = negotiated
                 extensions.append(answer)
         return handshake.accept_response(request, subprotocol=subprotocol, extensions=extensions)
-
-
-def _server_deflate(
-    compression: str | ServerPerMessageDeflateFactory | None,
-) -> ServerPerMessageDeflateFactory | None:
-    """The permessage-deflate settings for ``compression``: "deflate", a factory, or None."""
-    if compression is None or isinstance(compression, ServerPerMessageDeflateFactory):
-        return compression
-    if compression == "deflate":
-        return ServerPerMessageDeflateFactory()
-    raise ValueError(f"unsupported compression: {compression!r}")
 
 
 async def _send_quietly(stream: anyio.abc.ByteStream, data: bytes) -> None:

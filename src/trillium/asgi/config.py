@@ -90,12 +90,7 @@ class Config:
         if self.root_path.endswith("/"):
             self.root_path = self.root_path.rstrip("/")
         _water_marks(self.max_queue), _water_marks(self.write_limit)  # fail early
-        if self.compression == "deflate":
-            self.compression = ServerPerMessageDeflateFactory()
-        elif self.compression is not None and not isinstance(
-            self.compression, ServerPerMessageDeflateFactory
-        ):
-            raise ValueError(f"unsupported compression: {self.compression!r}")
+        self.compression = ServerPerMessageDeflateFactory.from_compression(self.compression)
 
     @property
     def is_secure(self) -> bool:

@@ -253,6 +253,17 @@ class ServerPerMessageDeflateFactory:
         self.mem_level = mem_level
         self.threshold = threshold
 
+    @classmethod
+    def from_compression(
+        cls, compression: str | ServerPerMessageDeflateFactory | None
+    ) -> ServerPerMessageDeflateFactory | None:
+        """What a ``compression=`` argument means: "deflate" (defaults), a factory, or None."""
+        if compression is None or isinstance(compression, cls):
+            return compression
+        if compression == "deflate":
+            return cls()
+        raise ValueError(f"unsupported compression: {compression!r}")
+
     def negotiate(
         self, offers: Sequence[ExtensionHeader]
     ) -> tuple[ExtensionHeader, PerMessageDeflate] | None:
@@ -347,6 +358,17 @@ class ClientPerMessageDeflateFactory:
         self.level = level
         self.mem_level = mem_level
         self.threshold = threshold
+
+    @classmethod
+    def from_compression(
+        cls, compression: str | ClientPerMessageDeflateFactory | None
+    ) -> ClientPerMessageDeflateFactory | None:
+        """What a ``compression=`` argument means: "deflate" (defaults), a factory, or None."""
+        if compression is None or isinstance(compression, cls):
+            return compression
+        if compression == "deflate":
+            return cls()
+        raise ValueError(f"unsupported compression: {compression!r}")
 
     def offer(self) -> ExtensionHeader:
         """The offer for the Sec-WebSocket-Extensions header of the request."""
