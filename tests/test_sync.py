@@ -198,7 +198,7 @@ def test_max_queue_bounds_what_is_buffered_and_keeps_order() -> None:
     with trio_server() as (url, _), trillium.Client.connect(url, max_queue=8) as ws:
         ws.send("!burst 500")
         time.sleep(0.3)  # the server sends as fast as we let it
-        assert ws._inbox.qsize() <= 8
+        assert ws._connection.inbox.qsize() <= 8
         assert [ws.receive(timeout=5) for _ in range(500)] == [str(i) for i in range(500)]
 
 

@@ -91,12 +91,14 @@ class Options:
     open_timeout: float | None = 10
     max_queue: int | None = 16
     write_limit: int = 2**16
+    #: The blocking face's connections hand messages across threads: a subclass.
+    connection_class: type[Connection] = Connection
 
     def connection(self, stream: anyio.abc.ByteStream) -> Connection:
         """A ``Connection`` over ``stream``; pings, when on, must be answered within
         one ``ping_interval`` (simple-websocket's rule)."""
         max_queue: WaterMarks = self.max_queue
-        return Connection(
+        return self.connection_class(
             stream,
             ping_interval=self.ping_interval or None,
             ping_timeout=self.ping_interval or None,

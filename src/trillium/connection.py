@@ -47,7 +47,7 @@ if sys.version_info < (3, 11):
 from ._backend import current_backend
 from .core.close import CloseCode
 from .core.handshake import Request, Response
-from .core.protocol import SERVER, Message, Ping, Pong, Protocol, State
+from .core.protocol import SERVER, Event, Message, Pong, Protocol, State
 from .exceptions import (
     ConcurrencyError,
     ConnectionClosed,
@@ -109,6 +109,61 @@ def _direct_writer(stream: anyio.abc.ByteStream, high: int) -> Callable[[bytes],
 
         return write_now
     return None
+
+
+class _TrioSocketReader:
+    """``receive(max_bytes)`` straight from a plain trio socket, for the reader task.
+
+    trio's own ``recv`` first tries the socket and, when nothing is there (the usual
+    case once a connection has caught up), waits for it to become readable and tries
+    again: one wasted system call per read, under three layers of wrappers (anyio's
+    stream, trio's socket, its non-blocking helper) whose frames an idle connection
+    keeps alive. This waits first and reads once; only after a read that filled the
+    buffer, when more is likely waiting, it reads again before waiting, at most
+    ``_YIELD_EVERY`` times in a row so that a flooding peer can't starve other tasks.
+    End of stream, a closed socket and socket errors all read as ``b""``.
+    """
+
+    __slots__ = ("_sock", "_streak")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._streak = 0
+
+    async def __call__(self, max_bytes: int) -> bytes:
+        import trio
+
+        sock = self._sock
+        try:
+            if 0 < self._streak < _YIELD_EVERY:
+                try:
+                    data: bytes = sock.recv(max_bytes)
+                except BlockingIOError:
+                    pass
+                else:
+                    self._streak = self._streak + 1 if len(data) == max_bytes else 0
+                    return data
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    data = sock.recv(max_bytes)
+                    break
+                except BlockingIOError:  # a spurious wakeup
+                    continue
+        except (OSError, trio.ClosedResourceError, ValueError):  # ValueError: fd closed (-1)
+            return b""
+        self._streak = 1 if len(data) == max_bytes else 0
+        return data
+
+
+def _direct_reader(stream: anyio.abc.ByteStream) -> Callable[[int], Awaitable[bytes]]:
+    """The reader's ``receive``: from the raw socket on plain trio socket streams
+    (see ``_TrioSocketReader``), else the stream's own (TLS, asyncio, others)."""
+    if type(stream).__module__ == "anyio._backends._trio":
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        if sock is not None:
+            return _TrioSocketReader(sock)
+    return stream.receive
 
 
 T = TypeVar("T")
@@ -198,6 +253,7 @@ class Connection:
         "_queue_drained",
         "_queue_high",
         "_queue_low",
+        "_read_now",
         "_read_size",
         "_receiving",
         "_scopes",
@@ -270,6 +326,7 @@ class Connection:
         self._out_size = 0
         self._writing = False
         self._write_now: Callable[[bytes], int] | None = None  # set by _running
+        self._read_now: Callable[[int], Awaitable[bytes]] | None = None  # set by _running
         self._sends_since_yield = 0
         self._writer_wakeup: anyio.Event | None = None
         self._writer_started = False
@@ -350,6 +407,7 @@ class Connection:
         """
         self.protocol = protocol
         self._write_now = _direct_writer(self.stream, self._write_high)  # after any TLS
+        self._read_now = _direct_reader(self.stream)
         body_exc: BaseException | None = None
         try:
             async with self._backend.open_task_group() as tg:
@@ -390,19 +448,18 @@ class Connection:
         protocol = self.protocol
         assert protocol is not None
         stream = self.stream
-        messages = self._messages
+        receive = self._read_now
+        assert receive is not None
         try:
             while True:
-                if (
-                    len(messages) >= self._queue_high
-                    and self._complete
-                    and protocol.state is State.OPEN
-                ):
+                if protocol.state is State.OPEN and self._queue_full():
                     # Stop reading: the kernel buffer fills and TCP pushes back on the peer.
                     # Not once we sent a close frame: the peer's close must get through,
-                    # even if nobody reads messages any more.
+                    # even if nobody reads messages any more. (Checked again once the
+                    # event is published: another thread may drain the queue.)
                     self._queue_drained = self._backend.Event()
-                    await self._queue_drained.wait()
+                    if self._queue_full():
+                        await self._queue_drained.wait()
                     continue
                 # Parse no more events than the queue has room for: one read may hold
                 # thousands of tiny messages, and max_queue bounds what waits for
@@ -411,7 +468,7 @@ class Connection:
                 # everything: the peer's close frame must get through.
                 room = None
                 if protocol.state is State.OPEN:
-                    room = max(1, self._queue_high - len(messages))
+                    room = max(1, self._queue_high - self._queued())
                 data: bytes | None
                 if protocol.paused:
                     data = None  # complete frames may be buffered: parse them first
@@ -419,7 +476,7 @@ class Connection:
                     data, self.initial_data = self.initial_data, b""
                 else:
                     try:
-                        data = await stream.receive(self._read_size)
+                        data = await receive(self._read_size)
                     except _STREAM_ERRORS:
                         data = b""
                 failure: ProtocolError | None = None
@@ -432,19 +489,8 @@ class Connection:
                     failure = exc
                     events = exc.events  # type: ignore[assignment]
                     self.logger.info("failing connection %s: %s", self.id, exc)
-                for event in events:
-                    if type(event) is Message:
-                        if len(messages) >= self._queue_high and protocol.state is not State.OPEN:
-                            continue  # closing, and nobody is reading: don't grow without bound
-                        messages.append(event)
-                        if event.final:
-                            self._complete += 1
-                    elif type(event) is Pong:
-                        self._pong_received(event.payload)
-                    elif type(event) is Ping:
-                        pass  # the protocol queued the pong
-                if events and self._message_arrived is not None:
-                    self._message_arrived.set()
+                if events:
+                    self._received(events)
                 reply = protocol.data_to_send()
                 if reply:
                     self._write(reply)
@@ -466,6 +512,33 @@ class Connection:
         finally:
             with self._backend.CancelScope(shield=True):
                 await self._close_transport()
+
+    def _received(self, events: list[Event]) -> None:
+        """Queue the messages parsed from one read for ``recv()``, all in one pass;
+        a pong answers its ping (the protocol already queued pongs for pings)."""
+        messages = self._messages
+        protocol = self.protocol
+        assert protocol is not None
+        for event in events:
+            if type(event) is Message:
+                if len(messages) >= self._queue_high and protocol.state is not State.OPEN:
+                    continue  # closing, and nobody is reading: don't grow without bound
+                messages.append(event)
+                if event.final:
+                    self._complete += 1
+            elif type(event) is Pong:
+                self._pong_received(event.payload)
+        if self._message_arrived is not None:
+            self._message_arrived.set()
+
+    def _queued(self) -> int:
+        """How many messages (or fragments) wait for ``recv()``."""
+        return len(self._messages)
+
+    def _queue_full(self) -> bool:
+        """Whether the reader must stop: ``max_queue`` wait, one of them complete (a
+        message bigger than the queue must still get through)."""
+        return len(self._messages) >= self._queue_high and self._complete > 0
 
     def _close_wait(self) -> float:
         return self.close_timeout if self.close_timeout is not None else float("inf")
@@ -497,19 +570,19 @@ class Connection:
                     await self._writer_wakeup.wait()
                     self._writer_wakeup = self._backend.Event()
                     continue
-                data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-                self._out.clear()
-                self._writing = True
+                data = self._take_out()
                 try:
                     await stream.send(data)
                 except _STREAM_ERRORS as exc:
+                    self._writing = False
                     if not self._transport_closing:
                         self.logger.debug("connection %s lost while writing: %r", self.id, exc)
                         self._exception = exc
                     break
-                finally:
+                except BaseException:
                     self._writing = False
-                self._out_size -= len(data)
+                    raise
+                self._sent(len(data))
                 if self._out_size <= self._write_low:
                     self._wake_senders()
         finally:
@@ -519,6 +592,19 @@ class Connection:
             self._wake_senders()
             with self._backend.CancelScope(shield=True):
                 await self._abort()
+
+    def _take_out(self) -> bytes:
+        """For the writer: everything queued, as one write (``_writing`` from now on)."""
+        out = self._out
+        data = b"".join(out) if len(out) > 1 else out[0]
+        out.clear()
+        self._writing = True
+        return data
+
+    def _sent(self, size: int) -> None:
+        """For the writer: ``size`` bytes of what it took are on the wire."""
+        self._writing = False
+        self._out_size -= size
 
     def _write(self, data: bytes) -> None:
         """Hand complete frames to the writer (no checkpoint: frames are never split).
@@ -662,16 +748,20 @@ class Connection:
             finally:
                 self._receiving = False
                 self._message_arrived = None
+        return _decode(self._pop_message(), decode)
+
+    def _pop_message(self) -> Data:
+        """Take the oldest complete message off the queue, its fragments joined."""
         message = self._pop()
         if message.final:
-            return _decode(message.data, decode)
+            return message.data
         parts = [message.data]
         while not message.final:
             message = self._pop()
             parts.append(message.data)
         if isinstance(parts[0], str):
-            return _decode("".join(parts), decode)
-        return _decode(b"".join(parts), decode)
+            return "".join(parts)
+        return b"".join(parts)
 
     async def recv_streaming(self, decode: bool | None = None) -> AsyncIterator[Data]:
         """Receive the next message fragment by fragment, as the frames arrive.

@@ -61,7 +61,6 @@ import ssl as ssl_module
 import sys
 import threading
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -89,7 +88,7 @@ from ._simple import (
 from .connection import Connection
 from .core.close import CloseCode
 from .core.handshake import Request
-from .core.protocol import Protocol, State
+from .core.protocol import Event, Protocol, State
 from .exceptions import ConnectionClosed, ConnectionClosedOK
 
 __all__ = ["Client", "Server"]
@@ -103,12 +102,36 @@ _Self = TypeVar("_Self", bound="_SyncBase")
 # ---------------------------------------------------------------------- the trio thread
 
 
+class _Deliveries(trio.abc.Instrument):
+    """Hands the messages parsed in one pass of the trio thread to the receiving
+    threads at the end of the pass, just before the thread waits for I/O.
+
+    Putting a message into a receiver's queue wakes that thread, which then needs
+    the GIL. Done by the reader straight away, the wake lands while the trio thread
+    still has work before it sleeps (re-arming the socket in epoll, a system call),
+    and the two threads pass the GIL back and forth a few times per message. Done
+    here, the trio thread goes to sleep in ``epoll_wait`` right after, releasing the
+    GIL to the thread it woke. Messages from many connections also go out in one go.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[_ThreadedConnection] = []
+
+    def before_io_wait(self, timeout: float) -> None:
+        pending = self.pending
+        if pending:
+            for connection in pending:
+                connection.deliver()
+            pending.clear()
+
+
 class _TrioThread:
     """The process-wide trio thread: a blocking portal (anyio, backend="trio") in a
     daemon thread, and the trio token for fire-and-forget calls into it."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
+        self.deliveries = _Deliveries()
         #: Open connections, closed with 1001 at interpreter exit.
         self.sessions: weakref.WeakSet[_SyncBase] = weakref.WeakSet()
         self._ready = threading.Event()
@@ -135,6 +158,7 @@ class _TrioThread:
         async with BlockingPortal() as portal:
             self.portal = portal
             self.token = trio.lowlevel.current_trio_token()
+            trio.lowlevel.add_instrument(self.deliveries)
             self._ready.set()
             await portal.sleep_until_stopped()
 
@@ -197,6 +221,104 @@ def _refuse_green_threads() -> None:
 _CLOSED = object()  # the inbox's last item: the connection is closed
 
 
+class _ThreadedConnection(Connection):
+    """A connection run by the trio thread and used from its callers' threads.
+
+    The per-message path stays in the caller's thread:
+
+    - the reader puts each complete message into ``inbox`` (a thread-safe queue),
+      at the end of the trio thread's pass (see ``_Deliveries``), so ``receive()``
+      takes it without a trip through the trio thread; the reader stops reading
+      once ``max_queue`` messages wait, and a receiving thread tells it (``taken``)
+      when they are down to a quarter;
+    - ``send_now`` encodes a message and writes it to the socket in the caller's
+      thread when nothing else is queued (what the kernel doesn't take, and anything
+      on TLS, waits for the writer task in the trio thread).
+
+    ``lock`` makes each write, with its encoding and the check that the connection
+    is still open, one step between the threads: a frame is never interleaved with
+    another, and nothing is written after the close frame or once the socket is
+    closing. The trio thread takes it around every write of its own (pongs, pings,
+    close frames), around the writer's bookkeeping, and before closing the socket.
+    """
+
+    __slots__ = ("_deliveries", "_trio_thread_id", "_undelivered", "inbox", "lock", "token")
+
+    def __init__(self, stream: anyio.abc.ByteStream, **kwargs: Any) -> None:
+        super().__init__(stream, **kwargs)  # in the trio thread
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._undelivered: list[Data] = []
+        self._deliveries = _trio_thread().deliveries
+        self.lock = threading.RLock()
+        self.token = trio.lowlevel.current_trio_token()
+        self._trio_thread_id = threading.get_ident()
+
+    # ------------------------------------------------------------ caller's threads
+
+    def send_now(self, message: Data) -> None:
+        """Encode and write (or queue) one message; ConnectionClosed once closing."""
+        with self.lock:
+            self._write(self._encode(message, None, True))
+
+    def taken(self) -> None:
+        """A message was taken from the inbox: resume a paused reader at the low mark."""
+        if self._queue_drained is not None and self.inbox.qsize() <= self._queue_low:
+            self.token.run_sync_soon(self._resume_if_drained)
+
+    def _resume_if_drained(self) -> None:
+        if self.inbox.qsize() <= self._queue_low:
+            self._resume_reading()
+
+    # ------------------------------------------------------------ both threads
+
+    def _write(self, data: bytes) -> None:
+        with self.lock:
+            super()._write(data)
+
+    def _start_writer(self) -> None:
+        if threading.get_ident() == self._trio_thread_id:
+            super()._start_writer()
+        else:
+            self.token.run_sync_soon(super()._start_writer)
+
+    # ------------------------------------------------------------ the trio thread
+
+    def _received(self, events: list[Event]) -> None:
+        super()._received(events)
+        if self._complete:
+            undelivered = self._undelivered
+            if not undelivered:
+                self._deliveries.pending.append(self)
+            while self._complete:
+                undelivered.append(self._pop_message())
+
+    def deliver(self) -> None:
+        """Hand the messages parsed so far to the receiving threads."""
+        put = self.inbox.put
+        for message in self._undelivered:
+            put(message)
+        self._undelivered.clear()
+
+    def _queued(self) -> int:
+        return len(self._messages) + len(self._undelivered) + self.inbox.qsize()
+
+    def _queue_full(self) -> bool:  # all complete messages
+        return len(self._undelivered) + self.inbox.qsize() >= self._queue_high
+
+    def _take_out(self) -> bytes:
+        with self.lock:
+            return super()._take_out()
+
+    def _sent(self, size: int) -> None:
+        with self.lock:
+            super()._sent(size)
+
+    async def _abort(self) -> None:
+        with self.lock:  # no caller's write is under way, and none starts after this
+            self._transport_closing = True
+        await super()._abort()
+
+
 class _SyncBase:
     """What Server and Client share: the session in the trio thread, receive, send, close."""
 
@@ -224,26 +346,12 @@ class _SyncBase:
             open_timeout=open_timeout,
             max_queue=max_queue,
             write_limit=write_limit,
+            connection_class=_ThreadedConnection,
         )
-        self._connection: Connection | None = None
+        self._connection: _ThreadedConnection | None = None
         self._taken: TakenOver | None = None
-        # Complete messages, for receive(); the pump stops at max_queue, resumes at 1/4.
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._high = max_queue if max_queue is not None else 0
-        self._low = self._high // 4
-        self._pump_waiting: trio.Event | None = None  # written by the trio thread only
-        self._woken: trio.Event | None = None  # written by receivers only
         self._closed_exc: ConnectionClosed | None = None
         self._done = threading.Event()  # set once the session is over
-        # send() appends to the outbox and, unless one is pending already, schedules a
-        # flush in the trio thread, which frames everything there and writes it at once.
-        self._send_lock = threading.Lock()
-        self._outbox: deque[Data] = deque()
-        self._flush_scheduled = False  # set by senders, cleared by the flush
-        # Bytes handed to the trio thread, and bytes it took (one writer each).
-        self._handed = 0
-        self._taken_by_trio = 0
-        self._write_limit = write_limit
 
     # ------------------------------------------------------------------ the session
 
@@ -260,38 +368,23 @@ class _SyncBase:
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         connection, protocol = await open_connection()
+        assert isinstance(connection, _ThreadedConnection)
         self._connection = connection
         try:
             async with connection._running(protocol):
                 task_status.started()
-                await self._pump(connection)
+                await connection.wait_closed()
         finally:
             self._ended()
-
-    async def _pump(self, connection: Connection) -> None:
-        """Move complete messages from the connection to the inbox, in order."""
-        inbox = self._inbox
-        high, low = self._high, self._low
-        try:
-            while True:
-                inbox.put(await connection.recv())
-                if high and inbox.qsize() >= high:
-                    # Let TCP push back on the peer until receive() catches up.
-                    event = trio.Event()
-                    self._pump_waiting = event
-                    if inbox.qsize() > low:  # checked after publishing the event
-                        await event.wait()
-                    self._pump_waiting = None
-        except ConnectionClosed as exc:
-            self._closed_exc = exc
 
     def _ended(self) -> None:
         """The connection is closed: end TCP for the web server too, wake receivers."""
         if self._taken is not None:
             self._taken.shutdown()
-        if self._closed_exc is None:
-            self._closed_exc = closed_exception(self._connection)
-        self._inbox.put(_CLOSED)
+        self._closed_exc = closed_exception(self._connection)
+        if self._connection is not None:
+            self._connection.deliver()  # what came before the end, first
+            self._connection.inbox.put(_CLOSED)
         self._done.set()
 
     def _wait_ended(self) -> None:
@@ -310,35 +403,6 @@ class _SyncBase:
     async def _wait_for_room(self) -> None:
         assert self._connection is not None
         await self._connection._wait_for_room()
-
-    def _flush_outbox(self) -> None:
-        """In the trio thread: frame what the senders handed over, write it in one go.
-
-        It never raises: trio treats an exception from a run_sync_soon callback as a
-        crash. The flag is cleared before the outbox is read, so a message appended
-        after that read always finds it clear and schedules the next flush.
-        """
-        self._flush_scheduled = False
-        outbox = self._outbox
-        connection = self._connection
-        assert connection is not None
-        taken = 0
-        frames = []
-        try:
-            while outbox:
-                message = outbox.popleft()
-                taken += len(message)
-                frames.append(connection._encode(message, None, True))
-            if frames:
-                connection._write(frames[0] if len(frames) == 1 else b"".join(frames))
-        except ConnectionClosed:
-            # Closed in between: like sends racing a close, these messages are lost.
-            while outbox:
-                taken += len(outbox.popleft())
-        except Exception:
-            logger.exception("trillium: sending messages failed")
-        finally:
-            self._taken_by_trio += taken
 
     def _closed_exception(self) -> ConnectionClosed:
         exc = self._closed_exc
@@ -380,7 +444,9 @@ class _SyncBase:
         before the connection closed are returned first; then it raises
         ``ConnectionClosed`` (``.reason`` is the close code, ``.message`` the text).
         """
-        inbox = self._inbox
+        connection = self._connection
+        assert connection is not None  # set before the constructor returns
+        inbox = connection.inbox
         try:
             if timeout is None:
                 item = inbox.get()
@@ -393,10 +459,8 @@ class _SyncBase:
         if item is _CLOSED:
             inbox.put(_CLOSED)  # for the next receive(), and other receiving threads
             raise self._closed_exception()
-        waiting = self._pump_waiting
-        if waiting is not None and waiting is not self._woken and inbox.qsize() <= self._low:
-            self._woken = waiting
-            self._thread.token.run_sync_soon(waiting.set)
+        if connection._queue_drained is not None:  # the reader is paused, or about to be
+            connection.taken()
         return item  # type: ignore[no-any-return]
 
     def send(self, data: Data) -> None:
@@ -414,23 +478,18 @@ class _SyncBase:
         else:
             message = data if isinstance(data, str) else str(data)
         connection = self._connection
-        if connection is None or connection.state is not State.OPEN:
-            self._wait_ended()
-            raise self._closed_exception()
-        size = len(message)
-        with self._send_lock:
-            if self._handed - self._taken_by_trio + connection._out_size > self._write_limit:
+        assert connection is not None  # set before the constructor returns
+        try:
+            if connection._out_size > connection._write_high:
                 # Too much is waiting to go out: wait in the trio thread until the
-                # backlog is down to a quarter, then go on handing messages over.
+                # backlog is down to a quarter.
                 self._thread.portal.call(self._wait_for_room)
-                if connection.state is not State.OPEN:
-                    self._wait_ended()
-                    raise self._closed_exception()
-            self._handed += size
-            self._outbox.append(message)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self._thread.token.run_sync_soon(self._flush_outbox)
+            connection.send_now(message)
+            return
+        except ConnectionClosed:
+            pass
+        self._wait_ended()
+        raise self._closed_exception()
 
     def close(self, reason: int | None = None, message: str | None = None) -> None:
         """Close the connection with code ``reason`` (default 1000) and text ``message``.

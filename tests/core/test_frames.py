@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
+import sys
+import threading
+import time
 
 import pytest
 
+from trillium.core import frames
 from trillium.core.extensions import Extension
 from trillium.core.frames import Frame, FrameParser, Opcode, serialize_frame
 from trillium.core.mask import apply_mask
@@ -171,6 +176,40 @@ def test_client_uses_a_fresh_masking_key_for_each_frame() -> None:
         keys.add(key)
     # Random 32-bit keys may collide by chance, but hardly ever more than once or twice.
     assert len(keys) > 590
+
+
+def test_threads_encoding_at_once_never_share_a_masking_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The blocking face encodes in its callers' threads: concurrent draws from the
+    shared key pool must each get their own four bytes, never the same slot twice."""
+    counter = itertools.count()
+
+    def numbered_bytes(n: int) -> bytes:  # every 4-byte slot of every batch differs
+        time.sleep(0.0002)  # let the other threads in, mid-refill
+        return b"".join(struct.pack(">I", next(counter)) for _ in range(n // 4))
+
+    monkeypatch.setattr(frames.os, "urandom", numbered_bytes)
+    monkeypatch.setattr(frames, "mask_keys", frames._MaskKeys())
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # force thread switches inside next()
+    try:
+        drawn: list[list[bytes]] = [[] for _ in range(4)]
+
+        def draw(into: list[bytes]) -> None:
+            for _ in range(20_000):
+                into.append(frames.mask_keys.next())
+
+        threads = [threading.Thread(target=draw, args=(into,)) for into in drawn]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    keys = [key for into in drawn for key in into]
+    assert len(keys) == 80_000
+    assert len(set(keys)) == len(keys)
 
 
 def test_server_fails_connection_on_unmasked_frame() -> None:

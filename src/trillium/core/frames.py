@@ -89,22 +89,25 @@ class _MaskKeys:
     """Fresh random masking keys (RFC 6455 §5.3), drawn from os.urandom in batches.
 
     Every frame gets four bytes never used before, from the OS's cryptographic
-    generator; fetching them 1 KiB at a time saves a system call per frame.
+    generator; fetching them 1 KiB at a time saves a system call per frame. The
+    keys wait in a list because ``list.pop()`` is atomic: threads that encode frames
+    at once (the blocking face sends from the caller's thread) never get the same
+    key, without paying for a lock. Two threads refilling at once each make a fresh
+    list; the keys left in the one that loses are never used.
     """
 
-    __slots__ = ("_pool", "_pos")
+    __slots__ = ("_keys",)
 
     def __init__(self) -> None:
-        self._pool = b""
-        self._pos = 0
+        self._keys: list[bytes] = []
 
     def next(self) -> bytes:
-        pos = self._pos
-        if pos + 4 > len(self._pool):
-            self._pool = os.urandom(1024)
-            pos = 0
-        self._pos = pos + 4
-        return self._pool[pos : pos + 4]
+        try:
+            return self._keys.pop()
+        except IndexError:
+            pool = os.urandom(1024)
+            keys = self._keys = [pool[i : i + 4] for i in range(0, 1024, 4)]
+            return keys.pop()
 
 
 mask_keys = _MaskKeys()
