@@ -619,6 +619,11 @@ class Connection:
         """
         self._out.append(data)
         self._out_size += len(data)
+        self._push()
+
+    def _push(self) -> None:
+        """Send what is queued: straight to the kernel if it can go now (see
+        ``_write``), else through the writer."""
         write_now = self._write_now
         if (
             write_now is not None

@@ -249,7 +249,7 @@ class _ThreadedConnection(Connection):
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._undelivered: list[Data] = []
         self._deliveries = _trio_thread().deliveries
-        self.lock = threading.RLock()
+        self.lock = threading.Lock()
         self.token = trio.lowlevel.current_trio_token()
         self._trio_thread_id = threading.get_ident()
 
@@ -258,7 +258,7 @@ class _ThreadedConnection(Connection):
     def send_now(self, message: Data) -> None:
         """Encode and write (or queue) one message; ConnectionClosed once closing."""
         with self.lock:
-            self._write(self._encode(message, None, True))
+            Connection._write(self, self._encode(message, None, True))
 
     def taken(self) -> None:
         """A message was taken from the inbox: resume a paused reader at the low mark."""
