@@ -60,6 +60,7 @@ import queue
 import ssl as ssl_module
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
@@ -220,6 +221,9 @@ def _refuse_green_threads() -> None:
 
 _CLOSED = object()  # the inbox's last item: the connection is closed
 
+#: Sends closer together than this (seconds), with no receive in between, are batched.
+_BATCH_WINDOW = 0.0002
+
 
 class _ThreadedConnection(Connection):
     """A connection run by the trio thread and used from its callers' threads.
@@ -242,13 +246,27 @@ class _ThreadedConnection(Connection):
     close frames), around the writer's bookkeeping, and before closing the socket.
     """
 
-    __slots__ = ("_deliveries", "_trio_thread_id", "_undelivered", "inbox", "lock", "token")
+    __slots__ = (
+        "_deliveries",
+        "_flush_scheduled",
+        "_last_send",
+        "_trio_thread_id",
+        "_undelivered",
+        "inbox",
+        "lock",
+        "received",
+        "token",
+    )
 
     def __init__(self, stream: anyio.abc.ByteStream, **kwargs: Any) -> None:
         super().__init__(stream, **kwargs)  # in the trio thread
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._undelivered: list[Data] = []
         self._deliveries = _trio_thread().deliveries
+        self._flush_scheduled = False
+        self._last_send = 0.0
+        #: Set by receive(): a send after it answers something, and goes out at once.
+        self.received = True
         self.lock = threading.Lock()
         self.token = trio.lowlevel.current_trio_token()
         self._trio_thread_id = threading.get_ident()
@@ -256,9 +274,35 @@ class _ThreadedConnection(Connection):
     # ------------------------------------------------------------ caller's threads
 
     def send_now(self, message: Data) -> None:
-        """Encode and write (or queue) one message; ConnectionClosed once closing."""
+        """Encode one message and write it, or queue it for the next batch.
+
+        A send that follows a receive, or comes after a pause, goes straight to the
+        socket: a request and response exchange never waits for the trio thread. A
+        send that follows another send within ``_BATCH_WINDOW`` (a loop producing
+        messages) is queued instead, and the trio thread writes everything queued
+        in one system call when it gets to it, rather than one call per message.
+        Raises ConnectionClosed once the connection is closing.
+        """
+        now = time.monotonic()
         with self.lock:
-            Connection._write(self, self._encode(message, None, True))
+            frame = self._encode(message, None, True)
+            self._out.append(frame)
+            self._out_size += len(frame)
+            if self.received or now - self._last_send > _BATCH_WINDOW:
+                self._push()
+            elif not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.token.run_sync_soon(self._flush_batch)
+            self._last_send = now
+            self.received = False
+
+    def _flush_batch(self) -> None:
+        """In the trio thread: write the batch the senders queued (never raises:
+        trio treats an exception from a run_sync_soon callback as a crash)."""
+        with self.lock:
+            self._flush_scheduled = False
+            if self._out and not self._transport_closing:
+                self._push()
 
     def taken(self) -> None:
         """A message was taken from the inbox: resume a paused reader at the low mark."""
@@ -459,6 +503,7 @@ class _SyncBase:
         if item is _CLOSED:
             inbox.put(_CLOSED)  # for the next receive(), and other receiving threads
             raise self._closed_exception()
+        connection.received = True
         if connection._queue_drained is not None:  # the reader is paused, or about to be
             connection.taken()
         return item  # type: ignore[no-any-return]
