@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+from anyio.from_thread import start_blocking_portal
 
 import trillium
 from trillium.core.handshake import Headers, Request
@@ -211,6 +212,42 @@ def test_send_waits_for_room_beyond_write_limit_and_keeps_order() -> None:
         for payload in payloads:
             ws.send(payload)
         assert [ws.receive(timeout=10) for _ in payloads] == payloads
+
+
+def test_a_burst_of_sends_arrives_whole_and_in_order() -> None:
+    # Sends in a tight loop are batched for the trio thread, others go out at once.
+    with trio_server() as (url, _), trillium.Client.connect(url, max_queue=None) as ws:
+        ws.send("first")
+        assert ws.receive(timeout=5) == "first"
+        for i in range(500):
+            ws.send(f"m{i}")
+        assert [ws.receive(timeout=5) for _ in range(500)] == [f"m{i}" for i in range(500)]
+
+
+def test_close_right_after_a_burst_of_sends_follows_every_message() -> None:
+    received: list[object] = []
+    done = threading.Event()
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        async for message in ws:
+            received.append(message)
+        received.append((ws.close_code, ws.close_reason))
+        done.set()
+
+    async def make_server() -> trillium.WebSocketServer:
+        return trillium.serve(handler, "127.0.0.1", 0, ping_interval=None)
+
+    with (
+        start_blocking_portal("trio") as portal,
+        portal.wrap_async_context_manager(portal.call(make_server)) as server,
+    ):
+        port = server.sockets[0].getsockname()[1]
+        ws = trillium.Client.connect(f"ws://127.0.0.1:{port}/")
+        for i in range(500):
+            ws.send(f"m{i}")
+        ws.close(1000, "done")
+        assert done.wait(10)
+    assert received == [f"m{i}" for i in range(500)] + [(1000, "done")]
 
 
 def test_sends_from_many_threads() -> None:
