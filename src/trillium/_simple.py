@@ -3,8 +3,11 @@
 Neither face imports the other; both build on this module, which builds on the
 connection manager and the sans-I/O core, so the connection logic still exists once:
 
-- ``Options``: simple-websocket's knobs (``ping_interval``, ``max_message_size``,
-  ``receive_bytes``) plus trillium's own limits, turned into a ``Connection``;
+- ``SimpleConnection``: the base of both faces' classes: simple-websocket's knobs
+  (``ping_interval``, ``max_message_size``, ``receive_bytes``) plus trillium's own
+  limits as ``Options``, which become a ``Connection``; ``connected``,
+  ``close_reason``, ``close_message``; ``choose_subprotocol``;
+- ``to_message``: simple-websocket's rule for what is text and what is binary;
 - ``open_client``: TCP (and TLS) to a ``ws://``, ``wss://``, ``http://`` or
   ``https://`` URL and the opening handshake, giving a connection ready to run;
 - ``check_upgrade``: an upgrade request that another web server already parsed (a
@@ -31,7 +34,8 @@ import anyio
 import anyio.abc
 
 from . import __version__
-from .connection import _STREAM_ERRORS, Connection, WaterMarks, read_handshake
+from .connection import _STREAM_ERRORS, Connection, Data, WaterMarks, read_handshake
+from .core.close import Close, CloseCode
 from .core.deflate import (
     ClientPerMessageDeflateFactory,
     PerMessageDeflate,
@@ -39,7 +43,7 @@ from .core.deflate import (
 )
 from .core.extensions import Extension
 from .core.handshake import ClientHandshake, Request, ServerHandshake
-from .core.protocol import CLIENT, SERVER, Protocol
+from .core.protocol import CLIENT, SERVER, Protocol, State
 from .exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -53,6 +57,7 @@ __all__ = [
     "HeadersArg",
     "Options",
     "ServerCompression",
+    "SimpleConnection",
     "SubprotocolsArg",
     "TakenOver",
     "Upgrade",
@@ -63,6 +68,7 @@ __all__ = [
     "start_server",
     "subprotocol_list",
     "take_over",
+    "to_message",
     "ws_uri",
 ]
 
@@ -110,6 +116,96 @@ class Options:
 
     def protocol(self, role: Any, extensions: Sequence[Extension] = ()) -> Protocol:
         return Protocol(role, max_size=self.max_message_size, streaming=True, extensions=extensions)
+
+
+class SimpleConnection:
+    """What every simple-websocket style connection has, whichever face runs it."""
+
+    def __init__(
+        self,
+        *,
+        receive_bytes: int,
+        ping_interval: float | None,
+        max_message_size: int | None,
+        close_timeout: float | None,
+        open_timeout: float | None,
+        max_queue: int | None,
+        write_limit: int,
+        connection_class: type[Connection] = Connection,
+    ) -> None:
+        #: The subprotocol chosen during the handshake, or None.
+        self.subprotocol: str | None = None
+        #: The subprotocols a server supports (its ``choose_subprotocol`` picks one).
+        self.subprotocols: list[str] = []
+        self.receive_bytes = receive_bytes
+        self.ping_interval = ping_interval
+        self.max_message_size = max_message_size
+        self._options = Options(
+            ping_interval=ping_interval,
+            max_message_size=max_message_size,
+            receive_bytes=receive_bytes,
+            close_timeout=close_timeout,
+            open_timeout=open_timeout,
+            max_queue=max_queue,
+            write_limit=write_limit,
+            connection_class=connection_class,
+        )
+        self._taken: TakenOver | None = None
+
+    def _running_connection(self) -> Connection | None:
+        raise NotImplementedError
+
+    def _close_rcvd(self) -> Close | None:
+        """The close frame the peer sent, if one came."""
+        connection = self._running_connection()
+        protocol = connection.protocol if connection is not None else None
+        return protocol.close_rcvd if protocol is not None else None
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is open (before any close frame went either way)."""
+        connection = self._running_connection()
+        return connection is not None and connection.state is State.OPEN
+
+    @property
+    def close_reason(self) -> int:
+        """The close code the peer sent (1005 until one came), as simple-websocket."""
+        close = self._close_rcvd()
+        return close.code if close is not None else CloseCode.NO_STATUS_RCVD
+
+    @property
+    def close_message(self) -> str | None:
+        """The close reason text the peer sent, or None."""
+        close = self._close_rcvd()
+        return close.reason if close is not None else None
+
+    def choose_subprotocol(self, request: Request) -> str | None:
+        """The first subprotocol the client offers that is in ``subprotocols``, or None
+        (a client has none: it never chooses).
+
+        Override it to negotiate differently; ``request.subprotocols`` lists the
+        client's offers in its order of preference.
+
+        >>> from trillium import AioServer
+        >>> from trillium.core.handshake import Headers, Request
+        >>> server = AioServer({}, subprotocols=["chat", "json"])
+        >>> server.choose_subprotocol(Request("/", Headers({"Sec-WebSocket-Protocol": "json"})))
+        'json'
+        """
+        for subprotocol in request.subprotocols:
+            if subprotocol in self.subprotocols:
+                return subprotocol
+        return None
+
+
+def to_message(data: Any) -> Data:
+    """simple-websocket's rule: bytes-like are sent as binary, anything else as text
+    (``str(data)``). Bytes-like objects are copied: the caller may reuse its buffer."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    return data if isinstance(data, str) else str(data)
 
 
 def subprotocol_list(subprotocols: SubprotocolsArg) -> list[str]:

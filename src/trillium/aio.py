@@ -66,8 +66,8 @@ import sniffio
 from ._simple import (
     ClientCompression,
     HeadersArg,
-    Options,
     ServerCompression,
+    SimpleConnection,
     SubprotocolsArg,
     TakenOver,
     check_upgrade,
@@ -77,6 +77,7 @@ from ._simple import (
     start_server,
     subprotocol_list,
     take_over,
+    to_message,
 )
 from .connection import Connection
 from .core.close import Close, CloseCode
@@ -111,47 +112,17 @@ def _require_asyncio() -> None:
         )
 
 
-def _message(data: Any) -> Data:
-    """simple-websocket's rule: bytes are sent as binary, anything else as text."""
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, (bytearray, memoryview)):
-        return bytes(data)
-    return data if isinstance(data, str) else str(data)
-
-
-class _AioBase:
+class _AioBase(SimpleConnection):
     """What AioServer and AioClient share: receive, send, close on a running connection."""
 
-    def __init__(
-        self,
-        *,
-        receive_bytes: int,
-        ping_interval: float | None,
-        max_message_size: int | None,
-        close_timeout: float | None,
-        open_timeout: float | None,
-        max_queue: int | None,
-        write_limit: int,
-    ) -> None:
-        #: The subprotocol chosen during the handshake, or None.
-        self.subprotocol: str | None = None
-        self.receive_bytes = receive_bytes
-        self.ping_interval = ping_interval
-        self.max_message_size = max_message_size
-        self._options = Options(
-            ping_interval=ping_interval,
-            max_message_size=max_message_size,
-            receive_bytes=receive_bytes,
-            close_timeout=close_timeout,
-            open_timeout=open_timeout,
-            max_queue=max_queue,
-            write_limit=write_limit,
-        )
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self._connection: Connection | None = None
         self._task: asyncio.Task[None] | None = None
-        self._taken: TakenOver | None = None
         self._asgi: _ASGIChannel | None = None
+
+    def _running_connection(self) -> Connection | None:
+        return self._connection
 
     # ------------------------------------------------------------------ running
 
@@ -207,29 +178,13 @@ class _AioBase:
         """True while the connection is open (before any close frame went either way)."""
         if self._asgi is not None:
             return self._asgi.open
-        return self._connection is not None and self._connection.state is State.OPEN
+        return super().connected
 
-    @property
-    def close_reason(self) -> int:
-        """The close code the peer sent (1005 until one came), as simple-websocket."""
+    def _close_rcvd(self) -> Close | None:
         if self._asgi is not None:
             closed = self._asgi.closed
-            return closed.code if closed is not None else CloseCode.NO_STATUS_RCVD
-        protocol = self._connection.protocol if self._connection is not None else None
-        if protocol is None or protocol.close_rcvd is None:
-            return CloseCode.NO_STATUS_RCVD
-        return protocol.close_rcvd.code
-
-    @property
-    def close_message(self) -> str | None:
-        """The close reason text the peer sent, or None."""
-        if self._asgi is not None:
-            closed = self._asgi.closed
-            return closed.message if closed is not None else None
-        protocol = self._connection.protocol if self._connection is not None else None
-        if protocol is None or protocol.close_rcvd is None:
-            return None
-        return protocol.close_rcvd.reason
+            return closed.rcvd if closed is not None else None
+        return super()._close_rcvd()
 
     async def receive(self, timeout: float | None = None) -> Data | None:
         """Receive the next message: ``str`` for text, ``bytes`` for binary.
@@ -262,7 +217,7 @@ class _AioBase:
         """Send a message: ``bytes`` as binary, ``str`` (or anything else, as
         ``str(data)``) as text. Raises ``ConnectionClosed`` once the connection is
         closing or closed."""
-        message = _message(data)
+        message = to_message(data)
         if self._asgi is not None:
             await self._asgi.send(message)
             return
@@ -293,10 +248,6 @@ class _AioBase:
         self._ended()
         if self._task is not None:
             await asyncio.wait({self._task})  # never cancels it, even if we are cancelled
-
-    def choose_subprotocol(self, request: Request) -> str | None:
-        """No subprotocol (the client side never chooses); see AioServer's."""
-        return None
 
     async def __aenter__(self: _Self) -> _Self:
         return self
@@ -481,22 +432,6 @@ class AioServer(_AioBase):
         self.request, self.subprotocol = upgrade.request, upgrade.subprotocol
         connection, protocol = await start_server(self._taken, upgrade, self._options)
         await self._run(connection, protocol)
-
-    def choose_subprotocol(self, request: Request) -> str | None:
-        """The first subprotocol the client offers that is in ``subprotocols``, or None.
-
-        Override it to negotiate differently; ``request.subprotocols`` lists the
-        client's offers in its order of preference.
-
-        >>> server = AioServer({}, subprotocols=["chat", "json"])
-        >>> from trillium.core.handshake import Headers, Request
-        >>> server.choose_subprotocol(Request("/", Headers({"Sec-WebSocket-Protocol": "json"})))
-        'json'
-        """
-        for subprotocol in request.subprotocols:
-            if subprotocol in self.subprotocols:
-                return subprotocol
-        return None
 
 
 class AioClient(_AioBase):
