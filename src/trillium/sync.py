@@ -75,21 +75,20 @@ from anyio.from_thread import BlockingPortal
 from ._simple import (
     ClientCompression,
     HeadersArg,
-    Options,
     ServerCompression,
+    SimpleConnection,
     SubprotocolsArg,
-    TakenOver,
     check_upgrade,
     closed_exception,
     open_client,
     start_server,
     subprotocol_list,
     take_over,
+    to_message,
 )
 from .connection import Connection
 from .core.close import CloseCode
-from .core.handshake import Request
-from .core.protocol import Event, Protocol, State
+from .core.protocol import Event, Protocol
 from .exceptions import ConnectionClosed, ConnectionClosedOK
 
 __all__ = ["Client", "Server"]
@@ -363,37 +362,12 @@ class _ThreadedConnection(Connection):
         await super()._abort()
 
 
-class _SyncBase:
+class _SyncBase(SimpleConnection):
     """What Server and Client share: the session in the trio thread, receive, send, close."""
 
-    def __init__(
-        self,
-        *,
-        receive_bytes: int,
-        ping_interval: float | None,
-        max_message_size: int | None,
-        close_timeout: float | None,
-        open_timeout: float | None,
-        max_queue: int | None,
-        write_limit: int,
-    ) -> None:
-        #: The subprotocol chosen during the handshake, or None.
-        self.subprotocol: str | None = None
-        self.receive_bytes = receive_bytes
-        self.ping_interval = ping_interval
-        self.max_message_size = max_message_size
-        self._options = Options(
-            ping_interval=ping_interval,
-            max_message_size=max_message_size,
-            receive_bytes=receive_bytes,
-            close_timeout=close_timeout,
-            open_timeout=open_timeout,
-            max_queue=max_queue,
-            write_limit=write_limit,
-            connection_class=_ThreadedConnection,
-        )
+    def __init__(self, **options: Any) -> None:
+        super().__init__(connection_class=_ThreadedConnection, **options)
         self._connection: _ThreadedConnection | None = None
-        self._taken: TakenOver | None = None
         self._closed_exc: ConnectionClosed | None = None
         self._done = threading.Event()  # set once the session is over
 
@@ -458,27 +432,8 @@ class _SyncBase:
 
     # ------------------------------------------------------------------ the API
 
-    @property
-    def connected(self) -> bool:
-        """True while the connection is open (before any close frame went either way)."""
-        connection = self._connection
-        return connection is not None and connection.state is State.OPEN
-
-    @property
-    def close_reason(self) -> int:
-        """The close code the peer sent (1005 until one came), as simple-websocket."""
-        protocol = self._connection.protocol if self._connection is not None else None
-        if protocol is None or protocol.close_rcvd is None:
-            return CloseCode.NO_STATUS_RCVD
-        return protocol.close_rcvd.code
-
-    @property
-    def close_message(self) -> str | None:
-        """The close reason text the peer sent, or None."""
-        protocol = self._connection.protocol if self._connection is not None else None
-        if protocol is None or protocol.close_rcvd is None:
-            return None
-        return protocol.close_rcvd.reason
+    def _running_connection(self) -> Connection | None:
+        return self._connection
 
     def receive(self, timeout: float | None = None) -> Data | None:
         """Receive the next message: ``str`` for text, ``bytes`` for binary.
@@ -516,12 +471,7 @@ class _SyncBase:
         Returns as soon as the message is handed over, unless ``write_limit`` bytes
         already wait to be sent: then it waits until there is room.
         """
-        if isinstance(data, bytes):
-            message: Data = data
-        elif isinstance(data, (bytearray, memoryview)):
-            message = bytes(data)  # a copy: the caller may reuse the buffer at once
-        else:
-            message = data if isinstance(data, str) else str(data)
+        message = to_message(data)
         connection = self._connection
         assert connection is not None  # set before the constructor returns
         try:
@@ -546,10 +496,6 @@ class _SyncBase:
         if not self.connected:
             raise self._closed_exception()
         self._thread.portal.call(self._close, reason or CloseCode.NORMAL_CLOSURE, message or "")
-
-    def choose_subprotocol(self, request: Request) -> str | None:
-        """No subprotocol (the client side never chooses); see Server's."""
-        return None
 
     def __enter__(self: _Self) -> _Self:
         return self
@@ -694,17 +640,6 @@ class Server(_SyncBase):
             write_limit=write_limit,
             compression=compression,
         )
-
-    def choose_subprotocol(self, request: Request) -> str | None:
-        """The first subprotocol the client offers that is in ``subprotocols``, or None.
-
-        Override it to negotiate differently; ``request.subprotocols`` lists the
-        client's offers in its order of preference.
-        """
-        for subprotocol in request.subprotocols:
-            if subprotocol in self.subprotocols:
-                return subprotocol
-        return None
 
 
 def _wsgi_socket(environ: Mapping[str, Any]) -> tuple[Any, str]:
