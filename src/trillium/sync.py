@@ -35,10 +35,12 @@ server (Werkzeug and Gunicorn are supported; Flask-Sock works with
 How it runs: one trio thread per process, started on first use and stopped at
 interpreter exit (open connections are closed with 1001 then), runs every connection
 on the same connection manager as the trio face. The per-message path stays in your
-thread as far as it can: the connection's reader hands complete messages to a
-thread-safe queue that ``receive()`` reads, and ``send()`` hands the message to the
-trio thread without waiting for it, unless more than ``write_limit`` bytes are
-already waiting to go out, in which case it waits for room. A blocking
+thread: the connection's reader puts complete messages into a thread-safe queue that
+``receive()`` reads, and ``send()`` encodes the message and writes it to the socket
+itself (a lock keeps its frames whole and in order with the trio thread's pongs and
+close frames). Sends in a tight loop are batched instead, for the trio thread to
+write in one system call. ``send()`` only waits when more than ``write_limit``
+bytes are already waiting to go out, until there is room. A blocking
 ``receive()`` is interrupted by Ctrl-C like any blocking call. The same calls work
 in a Jupyter kernel, whose main thread runs an asyncio loop of its own.
 
