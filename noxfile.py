@@ -17,6 +17,12 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     # The peers that don't come from PyPI: Chromium (apt) and Node's ws (npm).
     session.run("bash", "tests/interop/setup.sh", external=True)
+    # Gunicorn 26 dropped its eventlet worker: an older one, on the side, for
+    # `gunicorn -k eventlet` in tests/frameworks/test_green.py.
+    session.run(
+        "python", "-m", "pip", "install", "--quiet", "--no-deps",
+        "--target", ".nox/gunicorn-eventlet", "gunicorn>=22,<26",
+    )  # fmt: skip
     session.run("pytest", *(session.posargs or ["tests", "src/trillium"]))
 
 

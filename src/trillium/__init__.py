@@ -22,6 +22,7 @@ The sans-I/O framing core lives in ``trillium.core``; the connection manager in
 
 __version__ = "0.1.0"
 
+from . import _green  # noqa: F401  # first: lets trio be imported under eventlet
 from .aio import AioClient, AioServer
 from .asgi.wrapper import WebSocketASGI
 from .auth import basic_auth

@@ -33,7 +33,7 @@ from typing import Protocol as TypingProtocol
 import anyio
 import anyio.abc
 
-from . import __version__
+from . import __version__, _green
 from .connection import _STREAM_ERRORS, Connection, Data, WaterMarks, read_handshake
 from .core.close import Close, CloseCode
 from .core.deflate import (
@@ -379,7 +379,8 @@ def take_over(sock: Any) -> TakenOver:
             "with the server); terminate TLS in front of it, e.g. in a reverse proxy"
         )
     fd = sock.fileno()
-    return TakenOver(socket.socket(fileno=os.dup(fd)), socket.socket(fileno=os.dup(fd)))
+    real = _green.socket_class()  # trillium's sockets stay standard under gevent, eventlet
+    return TakenOver(real(fileno=os.dup(fd)), real(fileno=os.dup(fd)))
 
 
 async def start_server(

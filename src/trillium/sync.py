@@ -1,5 +1,5 @@
 """The blocking face: simple-websocket's ``Server`` and ``Client``, for scripts, WSGI
-views (Flask, Werkzeug, Gunicorn) and Jupyter.
+views (Flask, Werkzeug, Gunicorn, Eventlet, gevent) and Jupyter.
 
 >>> import subprocess, sys, trillium
 >>> echo = subprocess.Popen([sys.executable, "-m", "trillium", "echo", "--port", "0"],
@@ -19,8 +19,8 @@ True
 0
 
 In a WSGI view, ``Server.accept(environ)`` takes the connection over from the web
-server (Werkzeug and Gunicorn are supported; Flask-Sock works with
-``sys.modules["simple_websocket"] = trillium``)::
+server (Werkzeug, Gunicorn, Eventlet and gevent are supported; Flask-Sock works
+with ``sys.modules["simple_websocket"] = trillium``)::
 
     @app.route("/ws", websocket=True)
     def echo():
@@ -48,9 +48,15 @@ Differences from simple-websocket: ``close()`` waits for the closing handshake (
 most ``close_timeout``); with ``ping_interval`` set a pong must come back within
 one interval or the connection fails (1011); bytes-like objects are sent as binary;
 ``thread_class``, ``event_class`` and ``selector_class`` are accepted and unused.
-Eventlet and gevent replace threads with green threads, which can't host the trio
-thread: they are refused with a clear error. A TLS socket can't be taken over from
-a WSGI server (terminate TLS in a proxy in front of it).
+A TLS socket can't be taken over from a WSGI server (terminate TLS in a proxy in
+front of it).
+
+Under Eventlet or gevent (``gunicorn -k gevent``, ``-k eventlet``, their own WSGI
+servers, or any monkey-patched process), the trio thread is still a real OS thread,
+and a greenlet that waits for it (``receive()``, ``close()``, a handshake, a full
+send buffer) is parked in its hub, so the other greenlets run meanwhile; the trio
+thread wakes it through the hub. Import trillium after the monkey patching, as both
+libraries ask, and before anything else that imports trio. See ``trillium._green``.
 """
 
 from __future__ import annotations
@@ -60,7 +66,6 @@ import logging
 import os
 import queue
 import ssl as ssl_module
-import sys
 import threading
 import time
 import weakref
@@ -74,6 +79,7 @@ import anyio.abc
 import trio
 from anyio.from_thread import BlockingPortal
 
+from . import _green
 from ._simple import (
     ClientCompression,
     HeadersArg,
@@ -136,21 +142,25 @@ class _TrioThread:
         self.deliveries = _Deliveries()
         #: Open connections, closed with 1001 at interpreter exit.
         self.sessions: weakref.WeakSet[_SyncBase] = weakref.WeakSet()
-        self._ready = threading.Event()
+        self._ready = _green.event()
         self._error: BaseException | None = None
         self.portal: BlockingPortal
         self.token: trio.lowlevel.TrioToken
         # A daemon thread: threading's shutdown would otherwise wait for it before the
-        # atexit hook that stops it gets a chance to run.
-        self.thread = threading.Thread(target=self._run, name="trillium", daemon=True)
-        self.thread.start()
+        # atexit hook that stops it gets a chance to run. (A real OS thread even
+        # where eventlet or gevent patched threads: see _green.)
+        self.thread = _green.start_thread(self._run, "trillium")
+
+    def wait_ready(self) -> None:
+        """Wait until the thread runs (or raise why it couldn't start)."""
         self._ready.wait()
         if self._error is not None:
             raise self._error
 
     def _run(self) -> None:
         try:
-            anyio.run(self._main, backend="trio")
+            instruments = _green.prepare_trio()
+            anyio.run(self._main, backend="trio", backend_options={"instruments": instruments})
         except BaseException as exc:
             self._error = exc
         finally:
@@ -174,8 +184,8 @@ class _TrioThread:
                         tg.start_soon(session._close, CloseCode.GOING_AWAY, "")
 
         try:
-            self.portal.call(close_all)
-            self.portal.call(self.portal.stop, True)
+            _green.call(self, close_all)
+            _green.call(self, self.portal.stop, True)
         except BaseException as exc:  # the thread may be gone already
             logger.debug("stopping the trio thread: %r", exc)
         self.thread.join(5)
@@ -189,13 +199,13 @@ def _trio_thread() -> _TrioThread:
     """The trio thread, started on first use (and again in a forked child)."""
     global _thread
     current = _thread
-    if current is not None and current.pid == os.getpid() and current.thread.is_alive():
-        return current
-    with _thread_lock:
-        if _thread is None or _thread.pid != os.getpid() or not _thread.thread.is_alive():
-            _refuse_green_threads()
-            _thread = _TrioThread()
-        return _thread
+    if current is None or current.pid != os.getpid() or not current.thread.is_alive():
+        with _thread_lock:  # not held while waiting: that may switch greenlets
+            if _thread is None or _thread.pid != os.getpid() or not _thread.thread.is_alive():
+                _thread = _TrioThread()
+            current = _thread
+    current.wait_ready()  # another thread may have started it, and be waiting too
+    return current
 
 
 @atexit.register
@@ -203,19 +213,6 @@ def _stop_trio_thread() -> None:
     current = _thread
     if current is not None and current.pid == os.getpid():
         current.stop()
-
-
-def _refuse_green_threads() -> None:
-    gevent = sys.modules.get("gevent.monkey")
-    eventlet = sys.modules.get("eventlet.patcher")
-    if (gevent is not None and gevent.is_module_patched("threading")) or (
-        eventlet is not None and eventlet.is_monkey_patched("thread")
-    ):
-        raise RuntimeError(
-            "trillium's blocking face needs real OS threads, and eventlet or gevent "
-            "has monkey-patched them; use a threaded server (Werkzeug, Gunicorn's "
-            "gthread workers) or trillium's asyncio face"
-        )
 
 
 # ---------------------------------------------------------------------- connections
@@ -261,14 +258,14 @@ class _ThreadedConnection(Connection):
 
     def __init__(self, stream: anyio.abc.ByteStream, **kwargs: Any) -> None:
         super().__init__(stream, **kwargs)  # in the trio thread
-        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[Any] = _green.simple_queue()
         self._undelivered: list[Data] = []
         self._deliveries = _trio_thread().deliveries
         self._flush_scheduled = False
         self._last_send = 0.0
         #: Set by receive(): a send after it answers something, and goes out at once.
         self.received = True
-        self.lock = threading.Lock()
+        self.lock = _green.lock()
         self.token = trio.lowlevel.current_trio_token()
         self._trio_thread_id = threading.get_ident()
 
@@ -371,14 +368,14 @@ class _SyncBase(SimpleConnection):
         super().__init__(connection_class=_ThreadedConnection, **options)
         self._connection: _ThreadedConnection | None = None
         self._closed_exc: ConnectionClosed | None = None
-        self._done = threading.Event()  # set once the session is over
+        self._done = _green.event()  # set once the session is over
 
     # ------------------------------------------------------------------ the session
 
     def _start(self, open_connection: Callable[[], Awaitable[tuple[Connection, Protocol]]]) -> None:
         """Open the connection in the trio thread and leave it running there."""
         self._thread = _trio_thread()
-        self._thread.portal.start_task(self._session, open_connection, name="trillium session")
+        _green.start_task(self._thread, self._session, open_connection, name="trillium session")
         self._thread.sessions.add(self)
 
     async def _session(
@@ -480,7 +477,7 @@ class _SyncBase(SimpleConnection):
             if connection._out_size > connection._write_high:
                 # Too much is waiting to go out: wait in the trio thread until the
                 # backlog is down to a quarter.
-                self._thread.portal.call(self._wait_for_room)
+                _green.call(self._thread, self._wait_for_room)
             connection.send_now(message)
             return
         except ConnectionClosed:
@@ -497,7 +494,7 @@ class _SyncBase(SimpleConnection):
         """
         if not self.connected:
             raise self._closed_exception()
-        self._thread.portal.call(self._close, reason or CloseCode.NORMAL_CLOSURE, message or "")
+        _green.call(self._thread, self._close, reason or CloseCode.NORMAL_CLOSURE, message or "")
 
     def __enter__(self: _Self) -> _Self:
         return self
@@ -528,11 +525,15 @@ class Server(_SyncBase):
     ``Server.accept(environ)`` (or ``Server(environ)``, as Flask-Sock calls it) in a
     WSGI view validates the upgrade request, writes the 101 on the connection's
     socket and returns the open connection; see the module for an example. The socket
-    comes from ``environ["werkzeug.socket"]`` (Werkzeug, Flask's development server)
-    or ``environ["gunicorn.socket"]`` (Gunicorn); ``mode`` says which
-    (``"werkzeug"``, ``"gunicorn"``). Under Gunicorn, use threads (``--threads N``,
-    the gthread worker): a view holding a WebSocket keeps its thread, and a sync
-    worker busy longer than ``--timeout`` is killed. When the connection ends, TCP is
+    comes from ``environ["werkzeug.socket"]`` (Werkzeug, Flask's development server),
+    ``environ["gunicorn.socket"]`` (Gunicorn, any worker), ``environ["eventlet.input"]``
+    (eventlet.wsgi) or ``environ["wsgi.input"]`` (gevent.pywsgi); ``mode`` says which
+    (``"werkzeug"``, ``"gunicorn"``, ``"eventlet"``, ``"gevent"``). Under Gunicorn, use
+    threads (``--threads N``, the gthread worker) or greenlets (``-k gevent``, or
+    ``-k eventlet`` before Gunicorn 26): a view holding a WebSocket keeps its thread
+    or greenlet, and a sync worker busy longer than ``--timeout`` is killed. Under
+    Eventlet and gevent, waiting views park their greenlets and let the others run
+    (see the module). When the connection ends, TCP is
     shut down, so whatever the WSGI server writes afterwards (its own response to the
     view) goes nowhere.
 
@@ -576,6 +577,8 @@ class Server(_SyncBase):
         self.subprotocols = subprotocol_list(subprotocols)
         sock, self.mode = _wsgi_socket(environ)
         version = str(environ.get("SERVER_PROTOCOL", "HTTP/1.1")).partition("/")[2]
+        if self.mode == "eventlet":  # eventlet.wsgi says HTTP/1.0, whatever the request said
+            version = "1.1"
         upgrade = check_upgrade(
             str(environ.get("REQUEST_METHOD", "GET")),
             _wsgi_target(environ),
@@ -650,8 +653,15 @@ def _wsgi_socket(environ: Mapping[str, Any]) -> tuple[Any, str]:
         return environ["werkzeug.socket"], "werkzeug"
     if environ.get("gunicorn.socket") is not None:
         return environ["gunicorn.socket"], "gunicorn"
-    if "eventlet.input" in environ or str(environ.get("SERVER_SOFTWARE", "")).startswith("gevent"):
-        _refuse_green_threads()
+    if environ.get("eventlet.input") is not None:  # eventlet.wsgi
+        return environ["eventlet.input"].get_socket(), "eventlet"
+    if str(environ.get("SERVER_SOFTWARE", "")).startswith("gevent"):  # gevent.pywsgi
+        stream: Any = environ.get("wsgi.input")
+        if not hasattr(stream, "raw") and hasattr(stream, "rfile"):
+            stream = stream.rfile
+        sock = getattr(getattr(stream, "raw", None), "_sock", None)
+        if sock is not None:
+            return sock, "gevent"
     raise RuntimeError("Cannot obtain socket from WSGI environment.")
 
 
