@@ -7,21 +7,28 @@ trillium server in another thread, raw servers that misbehave, and killed proces
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
+import anyio
 import pytest
 from anyio.from_thread import start_blocking_portal
 
 import trillium
 from trillium.core.handshake import Headers, Request
 
-from ._faces import PROC_TIMEOUT, echo_process, silent_server, tls_contexts, trio_server
+from ._faces import GUID, PROC_TIMEOUT, echo_process, silent_server, tls_contexts, trio_server
 
 
 def test_text_binary_and_clean_close() -> None:
@@ -357,3 +364,179 @@ def test_interpreter_exit_closes_open_connections() -> None:
         assert (result.returncode, result.stdout, result.stderr) == (0, "done\n", "")
         assert time.monotonic() - started < 10
         assert closes.wait() == [(1001, "")]
+
+
+# ------------------------------------------------- callers reading the socket themselves
+#
+# While callers keep receiving, the reader task leaves the socket to them and the
+# receiving thread reads and parses it itself; the reader takes it back when nobody
+# has received for a while, and for good when the connection ends.
+
+
+@contextmanager
+def serving(handler: Any) -> Iterator[str]:
+    """A trillium server in a trio thread running ``handler``; yields its URL."""
+
+    async def make_server() -> trillium.WebSocketServer:
+        return trillium.serve(handler, "127.0.0.1", 0, ping_interval=None)
+
+    with (
+        start_blocking_portal("trio") as portal,
+        portal.wrap_async_context_manager(portal.call(make_server)) as server,
+    ):
+        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+
+
+def warm_up(ws: trillium.Client) -> None:
+    """A few exchanges: afterwards the socket is read by receive() itself."""
+    for i in range(5):
+        ws.send(f"warm {i}")
+        assert ws.receive(timeout=5) == f"warm {i}"
+
+
+async def echo_then(ws: trillium.ServerConnection, then: Any) -> None:
+    for _ in range(5):
+        await ws.send(await ws.recv())
+    await then(ws)
+
+
+def test_a_receiving_caller_answers_the_servers_pings_itself() -> None:
+    pings: list[float] = []
+
+    async def ping_three_times(ws: trillium.ServerConnection) -> None:
+        await anyio.sleep(0.1)  # the client is blocked in receive() by now
+        for _ in range(3):
+            with anyio.fail_after(5):
+                pings.append(await ws.ping())
+        await ws.send("pinged")
+        await ws.wait_closed()
+
+    with (
+        serving(lambda ws: echo_then(ws, ping_three_times)) as url,
+        trillium.Client.connect(url) as ws,
+    ):
+        warm_up(ws)
+        assert ws.receive(timeout=10) == "pinged"
+    assert len(pings) == 3
+
+
+def test_pings_are_answered_while_nobody_receives() -> None:
+    pinged = threading.Event()
+
+    async def ping_while_idle(ws: trillium.ServerConnection) -> None:
+        await anyio.sleep(0.3)  # the client is asleep, not receiving
+        with anyio.fail_after(5):
+            await ws.ping()
+        pinged.set()
+        await ws.send("done")
+        await ws.wait_closed()
+
+    with (
+        serving(lambda ws: echo_then(ws, ping_while_idle)) as url,
+        trillium.Client.connect(url) as ws,
+    ):
+        warm_up(ws)
+        assert pinged.wait(5)  # answered by the reader task in the trio thread
+        assert ws.receive(timeout=5) == "done"
+
+
+def test_receive_with_zero_timeout_reads_what_already_arrived() -> None:
+    with trio_server() as (url, _), trillium.Client.connect(url) as ws:
+        for pause in (0.01, 0.3):  # within the callers' lease, and after it
+            warm_up(ws)
+            ws.send("!burst 3")
+            time.sleep(pause)
+            got = [ws.receive(timeout=0) for _ in range(3)]
+            assert got == ["0", "1", "2"]
+
+
+def test_close_from_another_thread_ends_a_blocked_receive() -> None:
+    with trio_server() as (url, closes):
+        ws = trillium.Client.connect(url)
+        warm_up(ws)
+        outcome: list[BaseException] = []
+
+        def receive_forever() -> None:
+            try:
+                ws.receive()
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=receive_forever)
+        thread.start()
+        time.sleep(0.2)  # it is waiting on the socket now
+        ws.close(1000, "bye")
+        thread.join(5)
+        assert not thread.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], trillium.ConnectionClosed)
+        assert closes.wait() == [(1000, "bye")]
+
+
+def test_threads_receiving_at_once_get_every_message_exactly_once() -> None:
+    with trio_server() as (url, _), trillium.Client.connect(url, max_queue=None) as ws:
+        warm_up(ws)
+        got: list[list[object]] = [[] for _ in range(4)]
+
+        def take(into: list[object]) -> None:
+            for _ in range(100):
+                into.append(ws.receive(timeout=10))
+
+        threads = [threading.Thread(target=take, args=(into,)) for into in got]
+        for thread in threads:
+            thread.start()
+        ws.send("!burst 400")
+        for thread in threads:
+            thread.join(15)
+        everything = [message for into in got for message in into]
+        assert sorted(everything, key=str) == sorted((str(i) for i in range(400)), key=str)
+        for into in got:  # each thread sees its share in order
+            assert into == sorted(into, key=lambda m: int(str(m)))
+
+
+def test_a_protocol_error_read_by_a_receiving_caller_fails_with_1002() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    close_frames: list[bytes] = []
+
+    def raw_server() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            key = next(
+                line.split(b":", 1)[1].strip()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key")
+            )
+            accept = base64.b64encode(hashlib.sha1(key + GUID.encode()).digest())
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            for i in range(5):
+                conn.sendall(b"\x81\x01" + str(i).encode())
+            time.sleep(0.2)  # the client reads the socket itself by now
+            conn.sendall(b"\x81\x81abcd" + bytes([ord("x") ^ ord("a")]))  # masked: forbidden
+            data = b""
+            while len(data) < 8:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            close_frames.append(data)
+
+    server = threading.Thread(target=raw_server)
+    server.start()
+    try:
+        ws = trillium.Client.connect(f"ws://127.0.0.1:{listener.getsockname()[1]}/")
+        assert [ws.receive(timeout=5) for _ in range(5)] == ["0", "1", "2", "3", "4"]
+        with pytest.raises(trillium.ConnectionClosed):
+            ws.receive(timeout=5)
+        server.join(10)
+    finally:
+        listener.close()
+    frame = close_frames[0]  # the client's close frame: masked, code 1002 first
+    assert frame[0] == 0x88
+    key, masked_code = frame[2:6], frame[6:8]
+    assert bytes(m ^ key[i] for i, m in enumerate(masked_code)) == (1002).to_bytes(2, "big")

@@ -156,13 +156,86 @@ class _TrioSocketReader:
         return data
 
 
-def _direct_reader(stream: anyio.abc.ByteStream) -> Callable[[int], Awaitable[bytes]]:
+class _AsyncioStreamReader:
+    """``receive(max_bytes)`` from anyio's asyncio socket stream, for the reader task.
+
+    anyio's own ``receive`` resumes the transport's reading before each wait and
+    pauses it after: two ``epoll_ctl`` system calls per read, and a message that
+    arrives in between waits for the next resume. This leaves reading on and takes
+    what the transport queued, with flow control the way asyncio's own
+    ``StreamReader`` does it: the transport is paused once more than ``limit``
+    bytes wait (so a reader stopped at ``max_queue`` still makes TCP push back on
+    the peer) and resumed when the reader has taken them. It yields to the event
+    loop at least every ``_YIELD_EVERY`` reads. End of stream, a lost connection
+    and a closed stream read as ``b""``.
+    """
+
+    __slots__ = ("_limit", "_protocol", "_queued", "_streak", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, protocol: Any, limit: int) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._limit = limit
+        self._queued = sum(map(len, protocol.read_queue))
+        self._streak = 0
+        protocol.data_received = self._data_received  # the transport calls it by name
+
+    def _data_received(self, data: bytes) -> None:
+        protocol = self._protocol
+        protocol.read_queue.append(bytes(data))
+        protocol.read_event.set()
+        self._queued += len(data)
+        if self._queued > self._limit:
+            self._transport.pause_reading()
+
+    async def __call__(self, max_bytes: int) -> bytes:
+        protocol = self._protocol
+        queue = protocol.read_queue
+        if queue and self._streak < _YIELD_EVERY:
+            self._streak += 1
+        else:
+            self._streak = 0
+            if queue:
+                await asyncio.sleep(0)
+            else:
+                if protocol.exception is not None or protocol.is_at_eof:
+                    return b""
+                if self._transport.is_closing():
+                    return b""
+                self._transport.resume_reading()  # a no-op unless paused
+                await protocol.read_event.wait()
+                if not queue:
+                    return b""  # the event was set by EOF or the connection's loss
+        chunk: bytes = queue.popleft()
+        if len(chunk) > max_bytes:
+            chunk, leftover = chunk[:max_bytes], chunk[max_bytes:]
+            queue.appendleft(leftover)
+        self._queued -= len(chunk)
+        if not queue:
+            protocol.read_event.clear()
+            if self._queued <= 0:
+                self._transport.resume_reading()
+        return chunk
+
+
+def _direct_reader(stream: anyio.abc.ByteStream, limit: int) -> Callable[[int], Awaitable[bytes]]:
     """The reader's ``receive``: from the raw socket on plain trio socket streams
-    (see ``_TrioSocketReader``), else the stream's own (TLS, asyncio, others)."""
-    if type(stream).__module__ == "anyio._backends._trio":
+    (see ``_TrioSocketReader``), from the transport's queue on anyio's asyncio socket
+    streams (``_AsyncioStreamReader``), else the stream's own (TLS, others)."""
+    module = type(stream).__module__
+    if module == "anyio._backends._trio":
         sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
         if sock is not None:
             return _TrioSocketReader(sock)
+    elif module == "anyio._backends._asyncio":
+        transport = getattr(stream, "_transport", None)
+        protocol = getattr(stream, "_protocol", None)
+        if (
+            isinstance(transport, asyncio.Transport)
+            and hasattr(protocol, "read_queue")
+            and hasattr(protocol, "read_event")
+        ):
+            return _AsyncioStreamReader(transport, protocol, limit)
     return stream.receive
 
 
@@ -407,7 +480,7 @@ class Connection:
         """
         self.protocol = protocol
         self._write_now = _direct_writer(self.stream, self._write_high)  # after any TLS
-        self._read_now = _direct_reader(self.stream)
+        self._read_now = self._make_receive()
         body_exc: BaseException | None = None
         try:
             async with self._backend.open_task_group() as tg:
@@ -539,6 +612,10 @@ class Connection:
         """Whether the reader must stop: ``max_queue`` wait, one of them complete (a
         message bigger than the queue must still get through)."""
         return len(self._messages) >= self._queue_high and self._complete > 0
+
+    def _make_receive(self) -> Callable[[int], Awaitable[bytes]]:
+        """The reader task's ``receive(max_bytes)`` (see ``_direct_reader``)."""
+        return _direct_reader(self.stream, self._read_size)
 
     def _close_wait(self) -> float:
         return self.close_timeout if self.close_timeout is not None else float("inf")

@@ -63,8 +63,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import queue
+import select
 import ssl as ssl_module
 import threading
 import time
@@ -94,10 +96,10 @@ from ._simple import (
     take_over,
     to_message,
 )
-from .connection import Connection
+from .connection import Connection, _TrioSocketReader
 from .core.close import CloseCode
-from .core.protocol import Event, Protocol
-from .exceptions import ConnectionClosed, ConnectionClosedOK
+from .core.protocol import CLIENT, Event, Pong, Protocol, State
+from .exceptions import ConnectionClosed, ConnectionClosedOK, ProtocolError
 
 __all__ = ["Client", "Server"]
 
@@ -221,6 +223,8 @@ _CLOSED = object()  # the inbox's last item: the connection is closed
 
 #: Sends closer together than this (seconds), with no receive in between, are batched.
 _BATCH_WINDOW = 0.0002
+#: The reader task leaves the socket to callers while one received this recently (s).
+_LEASE = 0.05
 
 
 class _ThreadedConnection(Connection):
@@ -235,7 +239,16 @@ class _ThreadedConnection(Connection):
       when they are down to a quarter;
     - ``send_now`` encodes a message and writes it to the socket in the caller's
       thread when nothing else is queued (what the kernel doesn't take, and anything
-      on TLS, waits for the writer task in the trio thread).
+      on TLS, waits for the writer task in the trio thread);
+    - on a plain socket, while callers keep receiving, the reading itself moves to
+      their thread (``next_message``): the trio thread's reader steps aside, and a
+      caller waiting for a message reads and parses the socket itself, so a request
+      and response exchange involves no thread switch at all. The reader takes the
+      socket back as soon as no caller has been receiving for ``_LEASE`` seconds
+      (pings are answered, and the close frame read, whether or not anyone
+      receives), when a caller's read ends the connection (a close frame, end of
+      file, a protocol error: the reader then tears down as usual), and when the
+      trio thread closes or fails the connection.
 
     ``lock`` makes each write, with its encoding and the check that the connection
     is still open, one step between the threads: a frame is never interleaved with
@@ -245,9 +258,17 @@ class _ThreadedConnection(Connection):
     """
 
     __slots__ = (
+        "_caller_active_at",
+        "_caller_reading",
         "_deliveries",
         "_flush_scheduled",
+        "_handback",
+        "_inbox_waiters",
         "_last_send",
+        "_poll",
+        "_revoked",
+        "_sock",
+        "_trio_reading",
         "_trio_thread_id",
         "_undelivered",
         "inbox",
@@ -268,6 +289,18 @@ class _ThreadedConnection(Connection):
         self.lock = _green.lock()
         self.token = trio.lowlevel.current_trio_token()
         self._trio_thread_id = threading.get_ident()
+        # Who reads the socket (all written under ``lock``): the reader task while
+        # _trio_reading (from its decision to read until it asks for more data, so
+        # its parsing is covered too), a caller while _caller_reading, nobody while
+        # the reader waits for _handback. _revoked: callers may read no more.
+        self._sock: Any = None
+        self._poll: Any = None  # a select.poll on _sock, for callers' reads
+        self._trio_reading = True
+        self._caller_reading = False
+        self._revoked = False
+        self._inbox_waiters = 0
+        self._caller_active_at = 0.0
+        self._handback: trio.Event | None = None
 
     # ------------------------------------------------------------ caller's threads
 
@@ -302,6 +335,109 @@ class _ThreadedConnection(Connection):
             if self._out and not self._transport_closing:
                 self._push()
 
+    def next_message(self, deadline: float | None) -> Any:
+        """The next item for ``receive()``: from the inbox, reading the socket in this
+        thread while the reader task leaves it to callers; None after ``deadline``."""
+        inbox = self.inbox
+        try:
+            while True:
+                if self._poll is not None and self._take_socket():
+                    try:
+                        self._read_in_caller(deadline)
+                    finally:
+                        self._release_socket()
+                    try:
+                        return inbox.get_nowait()
+                    except queue.Empty:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            return None
+                        continue
+                with self.lock:
+                    self._inbox_waiters += 1
+                try:
+                    if deadline is None:
+                        return inbox.get()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return inbox.get_nowait()
+                    return inbox.get(timeout=min(remaining, threading.TIMEOUT_MAX))
+                except queue.Empty:
+                    return None
+                finally:
+                    with self.lock:
+                        self._inbox_waiters -= 1
+        finally:
+            self._caller_active_at = time.monotonic()
+
+    def _take_socket(self) -> bool:
+        """Become the socket's reader, if the reader task has left it to callers and
+        everything it parsed was handed over (messages stay in order)."""
+        with self.lock:
+            if (
+                self._trio_reading
+                or self._caller_reading
+                or self._revoked
+                or self._undelivered
+                or self.inbox.qsize()
+            ):
+                return False
+            self._caller_reading = True
+            return True
+
+    def _release_socket(self) -> None:
+        with self.lock:
+            self._caller_reading = False
+            waiters = self._inbox_waiters
+        if waiters:  # they wait for a reader: the reader task, then
+            self.token.run_sync_soon(self._wake_reader)
+
+    def _read_in_caller(self, deadline: float | None) -> None:
+        """Wait (at most until ``deadline``) for the socket, read it once, and handle
+        what it holds as the reader task would: messages to the inbox, pongs to the
+        trio thread, answers written; if that ends the connection, hand the socket
+        back for the reader task to tear down."""
+        protocol = self.protocol
+        assert protocol is not None
+        if not protocol.paused:
+            if deadline is None:
+                timeout_ms = None
+            else:
+                timeout_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
+            if not self._poll.poll(timeout_ms):
+                return
+        with self.lock:
+            if self._revoked:
+                return
+            data: bytes | None = None
+            failure: ProtocolError | None = None
+            try:
+                if protocol.paused:
+                    events = protocol.receive_buffered(max_events=self._queue_high)
+                else:
+                    try:
+                        data = self._sock.recv(self._read_size)
+                    except BlockingIOError:
+                        return
+                    except OSError:
+                        data = b""
+                    events = protocol.receive_data(data, max_events=self._queue_high)
+            except ProtocolError as exc:
+                failure = exc
+                events = exc.events  # type: ignore[assignment]
+                self.logger.info("failing connection %s: %s", self.id, exc)
+            for event in events:
+                if type(event) is Pong:  # its ping waits in the trio thread
+                    self.token.run_sync_soon(self._pong_received, event.payload)
+            Connection._received(self, [event for event in events if type(event) is not Pong])
+            while self._complete:
+                self.inbox.put(self._pop_message())
+            reply = protocol.data_to_send()
+            if reply:
+                Connection._write(self, reply)
+            if failure is not None or data == b"" or protocol.state is not State.OPEN:
+                self._revoked = True
+                self.token.run_sync_soon(self._wake_reader)
+
     def taken(self) -> None:
         """A message was taken from the inbox: resume a paused reader at the low mark."""
         if self._queue_drained is not None and self.inbox.qsize() <= self._queue_low:
@@ -324,6 +460,68 @@ class _ThreadedConnection(Connection):
             self.token.run_sync_soon(super()._start_writer)
 
     # ------------------------------------------------------------ the trio thread
+
+    def _make_receive(self) -> Callable[[int], Awaitable[bytes]]:
+        receive = super()._make_receive()
+        if not isinstance(receive, _TrioSocketReader) or _green.library() is not None:
+            return receive  # TLS (one reader only), or callers that are greenlets
+        self._sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        self._poll = select.poll()
+        self._poll.register(self._sock, select.POLLIN)
+        socket_receive = receive
+
+        async def shared_receive(max_bytes: int) -> bytes:
+            """The reader task's receive: steps aside while callers read."""
+            protocol = self.protocol
+            assert protocol is not None
+            while not self._reader_takes():
+                self._handback = trio.Event()
+                with trio.move_on_after(_LEASE):
+                    await self._handback.wait()
+                self._handback = None
+            if protocol.failure is not None:
+                return b""  # a caller's read failed the connection: tear down
+            if protocol.state is State.CLOSED:  # a caller read the close frame, or EOF
+                if protocol.role is CLIENT:  # the server closes TCP first (RFC 6455 §7.1.1)
+                    with trio.move_on_after(self._close_wait()):
+                        await socket_receive(max_bytes)
+                return b""
+            return await socket_receive(max_bytes)
+
+        return shared_receive
+
+    def _reader_takes(self) -> bool:
+        """Whether the reader task reads the socket now (it handled all it read)."""
+        with self.lock:
+            self._trio_reading = False
+            if self._revoked:
+                take = True
+            elif self._caller_reading:
+                take = False
+            elif self._inbox_waiters > len(self._undelivered) + self.inbox.qsize():
+                take = True  # callers wait for messages nobody is reading
+            else:
+                take = time.monotonic() - self._caller_active_at >= _LEASE
+            self._trio_reading = take
+            return take
+
+    def _wake_reader(self) -> None:
+        if self._handback is not None:
+            self._handback.set()
+
+    def _revoke(self) -> None:
+        """The trio thread takes the socket back for good (closing, failing)."""
+        with self.lock:  # no caller is parsing after this, and none starts
+            self._revoked = True
+        self._wake_reader()
+
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        self._revoke()
+        await super().close(code, reason)
+
+    def _fail(self, code: int, reason: str) -> None:
+        self._revoke()
+        super()._fail(code, reason)
 
     def _received(self, events: list[Event]) -> None:
         super()._received(events)
@@ -356,8 +554,10 @@ class _ThreadedConnection(Connection):
             super()._sent(size)
 
     async def _abort(self) -> None:
-        with self.lock:  # no caller's write is under way, and none starts after this
+        with self.lock:  # no caller's write or read is under way, and none starts after this
             self._transport_closing = True
+            self._revoked = True
+        self._wake_reader()
         await super()._abort()
 
 
@@ -446,14 +646,12 @@ class _SyncBase(SimpleConnection):
         assert connection is not None  # set before the constructor returns
         inbox = connection.inbox
         try:
-            if timeout is None:
-                item = inbox.get()
-            elif timeout <= 0:
-                item = inbox.get_nowait()
-            else:
-                item = inbox.get(timeout=min(timeout, threading.TIMEOUT_MAX))
+            item = inbox.get_nowait()
         except queue.Empty:
-            return None
+            deadline = None if timeout is None else time.monotonic() + timeout
+            item = connection.next_message(deadline)
+            if item is None:
+                return None
         if item is _CLOSED:
             inbox.put(_CLOSED)  # for the next receive(), and other receiving threads
             raise self._closed_exception()
