@@ -618,8 +618,13 @@ class _SyncBase(SimpleConnection):
             self._taken.shutdown()
 
     async def _wait_for_room(self) -> None:
-        assert self._connection is not None
-        await self._connection._wait_for_room()
+        connection = self._connection
+        assert connection is not None
+        # The caller waits to send, not to receive: the reader task takes the socket
+        # at once, or the peer, blocked writing to us, may never read what we send.
+        connection._caller_active_at = 0.0
+        connection._wake_reader()
+        await connection._wait_for_room()
 
     def _closed_exception(self) -> ConnectionClosed:
         exc = self._closed_exc
