@@ -1,39 +1,44 @@
 """Eventlet and gevent: the blocking face in a monkey-patched process.
 
-Both libraries replace threads with greenlets, all taking turns in one OS thread,
-and patch ``threading``, ``queue``, ``socket`` and ``select`` to match. The
-blocking face needs two things that patching breaks:
+Both libraries replace threads with greenlets taking turns in one OS thread, and
+patch ``threading``, ``queue``, ``socket``, ``select`` and more to match. The blocking
+face needs two things that this breaks, and gets them back here:
 
-- the trio thread must be a real OS thread running real trio. ``threading.Thread``
-  would start a greenlet; gevent deletes ``select.epoll``, which trio's I/O manager
-  calls when a run starts; trio asserts that the lock behind ``run_sync_soon`` is a
-  real one, and so must it be: greenlets take it too. ``prepare_trio()`` and
-  ``start_thread()`` take the originals, which both libraries keep.
-- a greenlet waiting for the trio thread must let the other greenlets run, and be
-  woken by the trio thread. The patched primitives can't do that: eventlet's are
-  never woken from another OS thread, and gevent's only sometimes (a
-  ``SimpleQueue.get(timeout=...)`` misses a ``put`` from another thread, and a
-  wait with nothing else to do raises ``LoopExit``); the real ones would stop every
-  greenlet of the process. ``event()`` and ``simple_queue()`` build the trio thread's
-  handoffs on real locks instead, and park a waiting greenlet in its hub until the
-  trio thread wakes it: through ``loop.run_callback_threadsafe`` on gevent, through
-  a pipe that a greenlet of the hub watches on eventlet (``_EventletWaker``).
-  ``call()`` and ``start_task()`` stand in for the blocking portal's, whose
-  futures wait on the patched primitives.
-
-Sockets stay the patched kind, used non-blocking from the trio thread (trio only
-calls their ``send``/``recv``, which then go straight to the kernel).
+- A trio thread that is a real OS thread running real trio. ``threading.Thread``
+  would start a greenlet, gevent deletes ``select.epoll``, trio asserts that its
+  ``run_sync_soon`` lock is a real one, and trio's socket methods are taken from
+  ``socket.socket`` when trio is imported (eventlet's class even makes that import
+  fail). So trio is imported with the standard socket class in place
+  (``_import_trio``, which is why ``trillium/__init__.py`` imports this module
+  first), and before the run starts, trio's and anyio's modules get the standard
+  ``socket`` and ``select`` back, and real threads and locks (``prepare_trio``).
+  The sockets trillium takes over from a WSGI server are standard ones too
+  (``socket_class``). Nothing the application sees is changed.
+- Waits that let the other greenlets run. A greenlet waiting for the trio thread
+  (``receive()``, a handshake, ``close()``, a full send buffer) must not block its
+  OS thread, which runs every greenlet; but the patched primitives aren't woken
+  from another OS thread (eventlet's never are, gevent's only sometimes: a
+  ``SimpleQueue.get(timeout=...)`` misses a ``put`` from another thread, and a wait
+  with nothing else pending raises ``LoopExit``). ``event()`` and ``simple_queue()``
+  are built on real locks instead, and park a waiting greenlet in its hub until
+  the trio thread wakes it: through ``loop.run_callback_threadsafe`` on gevent, and
+  through a pipe that a greenlet of the hub watches on eventlet (``_EventletWaker``).
+  ``call()`` and ``start_task()`` stand in for the blocking portal's, whose futures
+  wait on the patched primitives. A parked greenlet holds no thread: thousands of
+  idle connections cost no more than under simple-websocket.
 
 With neither library active, every function here hands out the standard objects
-and calls, so the plain blocking face pays nothing. Nothing here imports gevent or
-eventlet unless they are already in ``sys.modules``.
+and calls, so the plain blocking face pays nothing. gevent and eventlet are only
+imported once ``sys.modules`` shows they are in use.
 """
 
 from __future__ import annotations
 
 import _socket
 import importlib
+import logging
 import os
+import select
 import socket
 import sys
 import threading
@@ -54,6 +59,7 @@ __all__ = [
     "event",
     "library",
     "lock",
+    "poller",
     "prepare_trio",
     "simple_queue",
     "socket_class",
@@ -85,20 +91,27 @@ def _real_module(name: str) -> ModuleType:
     module itself when nothing patched it)."""
     module = importlib.import_module(name)
     green = library()
-    if green == "eventlet":
+    if green == "eventlet":  # a fresh import of the original, which eventlet keeps
         return _green_module("eventlet.patcher").original(name)  # type: ignore[no-any-return]
-    if green == "gevent":
-        monkey = _green_module("gevent.monkey")
-        names = [*vars(module), *monkey.saved.get(name, ())]  # what it deleted, too
-        real = ModuleType(name, module.__doc__)
-        real.__dict__.update(zip(names, monkey.get_original(name, names), strict=True))
+    if green == "gevent":  # the module, with the originals gevent saved put back
+        saved = _green_module("gevent.monkey").saved.get(name, {})
+        key = (name, tuple(saved))
+        real = _gevent_originals.get(key)
+        if real is None:
+            real = ModuleType(name, module.__doc__)
+            real.__dict__.update(vars(module))
+            real.__dict__.update(saved)  # deleted ones (select.epoll) included
+            _gevent_originals[key] = real
         return real
     return module
 
 
+_gevent_originals: dict[tuple[str, tuple[str, ...]], ModuleType] = {}
+
+
 def _green_module(name: str) -> Any:
     """A module of gevent or eventlet (untyped), once ``library()`` said it's in use."""
-    return importlib.import_module(name)
+    return sys.modules.get(name) or importlib.import_module(name)
 
 
 def _original(module: str, name: str) -> Any:
@@ -393,6 +406,8 @@ class _Waiters:
                 if remaining is not None and remaining <= 0:
                     return False
                 parking.block(remaining)
+                if ready():  # the usual case: no need to park again to check it
+                    return True
             finally:
                 with self._lock:
                     if parking in self._parked:
@@ -439,12 +454,15 @@ class _CrossQueue(Generic[T]):
 
     def get(self, block: bool = True, timeout: float | None = None) -> T:
         queue = self._queue
-        try:
-            return queue.get_nowait()
-        except Empty:
-            if not block or not self._waiters.wait(lambda: not queue.empty(), timeout):
-                raise
-        return self.get(block, timeout)  # another greenlet may have been first
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            try:
+                return queue.get_nowait()
+            except Empty:
+                remaining = None if deadline is None else deadline - monotonic()
+                if not block or not self._waiters.wait(lambda: not queue.empty(), remaining):
+                    raise
+            # Woken with an item there: take it, unless another greenlet was first.
 
     def qsize(self) -> int:
         return self._queue.qsize()
@@ -467,6 +485,43 @@ def simple_queue() -> SimpleQueue[Any]:
     if library() is None:
         return SimpleQueue()
     return _CrossQueue()  # type: ignore[return-value]
+
+
+class _GreenPoller:
+    """``select.poll`` for one socket and ``POLLIN``, waiting in the greenlet's hub."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._fd = sock.fileno()
+
+    def poll(self, timeout_ms: float | None = None) -> list[tuple[int, int]]:
+        timeout = None if timeout_ms is None else timeout_ms / 1000
+        try:
+            if library() == "gevent":
+                _green_module("gevent.socket").wait_read(self._fd, timeout, _Timeout)
+            else:
+                _green_module("eventlet.hubs").trampoline(
+                    self._fd, read=True, timeout=timeout, timeout_exc=_Timeout
+                )
+        except _Timeout:
+            return []
+        return [(self._fd, select.POLLIN)]
+
+
+class _Timeout(Exception):
+    pass
+
+
+def poller(sock: socket.socket) -> select.poll:
+    """A ``select.poll`` with ``sock`` registered for reading, for a caller to wait
+    for the socket in (one whose ``poll`` lets the other greenlets run, under
+    eventlet or gevent: eventlet has no ``select.poll``, gevent's is its own)."""
+    if library() is None:
+        poll = select.poll()
+        poll.register(sock, select.POLLIN)
+        return poll
+    return _GreenPoller(sock)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------- portal calls
@@ -498,14 +553,17 @@ class _Outcome(Generic[T]):
 
 
 def _spawn(
-    thread: _TrioThreadLike, outcome: _Outcome[Any], task: Callable[[], Awaitable[None]]
+    thread: _TrioThreadLike,
+    outcome: _Outcome[Any],
+    task: Callable[[], Awaitable[None]],
+    name: str = "trillium call",
 ) -> None:
     """Run ``task`` as a trio system task (one outlives its caller's call; the
     thread's shutdown cancels it); a failure to start lands in ``outcome``."""
 
     def spawn() -> None:
         try:
-            trio.lowlevel.spawn_system_task(task, name="trillium green call")
+            trio.lowlevel.spawn_system_task(task, name=name)
         except BaseException as exc:  # the run is ending: never raise in a callback
             outcome.error = exc
             outcome.done.set()
@@ -559,9 +617,10 @@ def start_task(
         try:
             await fn(*args, task_status=_TaskStatus(outcome))
         except Exception as exc:
-            if outcome.done.is_set():
-                raise  # after started(): as for the portal's tasks, a crash
-            outcome.error = exc
+            if outcome.done.is_set():  # after started(): nobody to tell but the log
+                logging.getLogger("trillium").exception("%s failed", name)
+            else:
+                outcome.error = exc
         except BaseException:
             if not outcome.done.is_set():
                 outcome.error = RuntimeError("the trio thread is stopping")
@@ -569,5 +628,5 @@ def start_task(
         finally:
             outcome.done.set()
 
-    _spawn(thread, outcome, task)
+    _spawn(thread, outcome, task, name)
     outcome.unwrap()

@@ -66,7 +66,6 @@ import logging
 import math
 import os
 import queue
-import select
 import ssl as ssl_module
 import threading
 import time
@@ -463,11 +462,10 @@ class _ThreadedConnection(Connection):
 
     def _make_receive(self) -> Callable[[int], Awaitable[bytes]]:
         receive = super()._make_receive()
-        if not isinstance(receive, _TrioSocketReader) or _green.library() is not None:
-            return receive  # TLS (one reader only), or callers that are greenlets
+        if not isinstance(receive, _TrioSocketReader):
+            return receive  # TLS: one reader only
         self._sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        self._poll = select.poll()
-        self._poll.register(self._sock, select.POLLIN)
+        self._poll = _green.poller(self._sock)  # under eventlet, gevent: parks greenlets
         socket_receive = receive
 
         async def shared_receive(max_bytes: int) -> bytes:

@@ -231,6 +231,8 @@ def test_blocking_client_in_patched_process_blocks_only_its_greenlet(
         assert results[name]["ticked_while_waiting"] > 0  # the hub ran meanwhile
         assert results[name]["close_reason"] == 1000  # the server's answer to our close
     assert results["closed_by_server"] == [4000, "as asked"]
+    assert results["left_open"] == "still here"
+    wait_for_event(server, ["closed", 1001, f"left-open-{library}"])  # closed at exit
 
 
 def test_trio_imported_after_patching_before_trillium_is_refused_with_advice() -> None:

@@ -3,8 +3,9 @@ app: ``python green_client.py {gevent,eventlet} HOST:PORT``.
 
 Three greenlets each connect (two by host name, resolved in trio's worker thread),
 echo text and binary through Flask-Sock's route, wait 0.3 s in ``receive(timeout)``
-for nothing, and close; one more asks the plain route to close with 4000. A ticker
-greenlet counts its turns meanwhile. Prints one JSON object with what they saw.
+for nothing, and close; one more asks the plain route to close with 4000, and a
+last one is left open for trillium to close (1001) at exit. A ticker greenlet counts
+its turns meanwhile. Prints one JSON object with what they saw.
 """
 
 import sys
@@ -66,12 +67,20 @@ def closed_by_server() -> None:
         results["closed_by_server"] = [exc.reason, exc.message]
 
 
+def left_open() -> None:
+    # Still open when the script ends: trillium closes it with 1001 at exit.
+    ws = trillium.Client.connect(f"ws://127.0.0.1:{port}/ws?tag=left-open-{library}")
+    ws.send("still here")
+    results["left_open"] = ws.receive(timeout=10)
+
+
 spawn(ticker)
 greenlets = [
     spawn(echo, "a", "127.0.0.1"),
     spawn(echo, "b", "localhost"),
     spawn(echo, "c", "localhost"),
     spawn(closed_by_server),
+    spawn(left_open),
 ]
 for greenlet in greenlets:
     greenlet.wait() if library == "eventlet" else greenlet.join(30)
