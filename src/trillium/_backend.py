@@ -1,13 +1,16 @@
-"""The few event-loop primitives on the hot paths, bound once per connection.
+"""The few event-loop primitives on the hot paths, looked up once per event loop.
 
 anyio runs the same code on trio and asyncio, but each of its calls first looks up
 the running backend (through sniffio) and wraps trio's objects in its own, which
 costs about as much as the call itself. The connection manager calls a checkpoint
 and sets an event for every message, and opens a task group and several cancel
-scopes for every connection, so it takes these from the backend directly, once,
-when a connection is made: trio's own on trio, anyio's elsewhere. Streams,
-listeners and ``fail_after`` (whose exception differs between the two) go through
-anyio. The two sets behave the same for what trillium uses of them.
+scopes for every connection, so it takes these from the backend directly: trio's
+own on trio, anyio's elsewhere. Streams, listeners and ``fail_after`` (whose
+exception differs between the two) go through anyio. The two sets behave the same
+for what trillium uses of them.
+
+There are two sets in all, built once and shared by every connection: a server
+holds thousands of connections, and each one's copy would be a few hundred bytes.
 """
 
 from __future__ import annotations
@@ -33,19 +36,32 @@ class Backend:
     open_task_group: Callable[[], Any]
 
 
+_backends: dict[str, Backend] = {}
+
+
 def current_backend() -> Backend:
     """The primitives of the event loop running this task."""
-    if sniffio.current_async_library() == "trio":
-        import trio
+    library = sniffio.current_async_library()
+    backend = _backends.get(library)
+    if backend is None:
+        backend = _backends[library] = _trio_backend() if library == "trio" else _anyio_backend()
+    return backend
 
-        return Backend(
-            trio.lowlevel.checkpoint,
-            trio.lowlevel.checkpoint_if_cancelled,
-            trio.Event,
-            trio.CancelScope,
-            trio.move_on_after,
-            trio.open_nursery,
-        )
+
+def _trio_backend() -> Backend:
+    import trio
+
+    return Backend(
+        trio.lowlevel.checkpoint,
+        trio.lowlevel.checkpoint_if_cancelled,
+        _trio_event_class(),
+        trio.CancelScope,
+        trio.move_on_after,
+        trio.open_nursery,
+    )
+
+
+def _anyio_backend() -> Backend:
     return Backend(
         anyio.lowlevel.checkpoint,
         anyio.lowlevel.checkpoint_if_cancelled,
@@ -54,3 +70,59 @@ def current_backend() -> Backend:
         anyio.move_on_after,
         anyio.create_task_group,
     )
+
+
+def _trio_event_class() -> type:
+    """``trio.Event``'s behaviour (``set``, ``is_set``, ``wait``) without its set.
+
+    Every ``trio.Event`` allocates a ``set`` for its waiters up front, about 220
+    bytes. A connection keeps a few events for its whole life (closed, message
+    arrived, ...) and most of them never get a waiter, or only one: this one keeps
+    its waiters in a list made by the first ``wait()``. Built on trio's documented
+    low-level API (``wait_task_rescheduled``, ``reschedule``), as ``trio.Event`` is.
+    """
+    import trio
+    from trio.lowlevel import (
+        Abort,
+        checkpoint,
+        current_task,
+        enable_ki_protection,
+        reschedule,
+        wait_task_rescheduled,
+    )
+
+    class Event:
+        __slots__ = ("_flag", "_waiters")
+
+        def __init__(self) -> None:
+            self._flag = False
+            self._waiters: list[trio.lowlevel.Task] | None = None
+
+        def is_set(self) -> bool:
+            return self._flag
+
+        @enable_ki_protection
+        def set(self) -> None:
+            if not self._flag:
+                self._flag = True
+                waiters, self._waiters = self._waiters, None
+                for task in waiters or ():
+                    reschedule(task)
+
+        async def wait(self) -> None:
+            if self._flag:
+                await checkpoint()
+                return
+            task = current_task()
+            if self._waiters is None:
+                self._waiters = []
+            waiters = self._waiters
+            waiters.append(task)
+
+            def abort(_: Any) -> Abort:
+                waiters.remove(task)
+                return Abort.SUCCEEDED
+
+            await wait_task_rescheduled(abort)
+
+    return Event

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext, suppress
 from typing import Any, TypeVar
 
 import anyio
@@ -74,32 +74,67 @@ _STREAM_ERRORS = (
 #: Sends that complete without waiting yield to the scheduler once every this many.
 _YIELD_EVERY = 16
 
+#: An empty receive queue (see ``Connection.__init__``): an empty tuple, so ``len()``
+#: and truth tests work and appending to it by mistake fails loudly.
+_NO_MESSAGES: Any = ()
+
+#: What ``Connection._shielded`` gives when the task group already shields the tasks.
+_UNSCOPED = nullcontext()
+
+
+def _raw_trio_socket(stream: anyio.abc.ByteStream) -> Any:
+    """The socket under anyio's plain trio socket stream, else None (TLS, asyncio...).
+
+    Read from anyio's private ``_raw_socket`` where it exists: the public
+    ``stream.extra(SocketAttribute.raw_socket)`` first builds a dict of every socket
+    attribute, calling ``getpeername()`` on the way, which is a measurable share of
+    a handshake's cost.
+    """
+    if type(stream).__module__ != "anyio._backends._trio":
+        return None
+    try:
+        return stream._raw_socket  # type: ignore[attr-defined]
+    except AttributeError:
+        return stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+
+
+class _TrioSocketWriter:
+    """``write(data) -> bytes taken``: a non-blocking ``send`` on a plain trio socket.
+
+    trio keeps no buffer of its own, so nothing queued can be overtaken. (An object
+    rather than a closure: it is held for the connection's life, and is a quarter
+    of the size.)
+    """
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def __call__(self, data: bytes) -> int:
+        try:
+            return int(self._sock.send(data))
+        except OSError:  # BlockingIOError, or an error the writer will meet again
+            return 0
+
 
 def _direct_writer(stream: anyio.abc.ByteStream, high: int) -> Callable[[bytes], int] | None:
     """A synchronous ``write(data) -> bytes taken`` straight to the kernel, if there is one.
 
-    On a plain trio socket stream: a non-blocking ``send`` on the raw socket (trio
-    keeps no buffer of its own, so nothing can be overtaken). On anyio's asyncio
-    socket stream: the transport's ``write``, which takes everything while its
-    buffer stays under ``high`` (the stream's own ``send`` would add a checkpoint
-    and a task switch per message). None for TLS or other wrapped streams, which
-    must go through the stream's ``send``.
+    On a plain trio socket stream: a non-blocking ``send`` on the raw socket (see
+    ``_TrioSocketWriter``). On anyio's asyncio socket stream: the transport's
+    ``write``, which takes everything while its buffer stays under ``high`` (the
+    stream's own ``send`` would add a checkpoint and a task switch per message).
+    None for TLS or other wrapped streams, which must go through the stream's
+    ``send``.
     """
-    module = type(stream).__module__
-    if module == "anyio._backends._trio":
-        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
-        if sock is None:
-            return None
-
-        def send_now(data: bytes) -> int:
-            try:
-                return int(sock.send(data))
-            except OSError:  # BlockingIOError, or an error the writer will meet again
-                return 0
-
-        return send_now
+    sock = _raw_trio_socket(stream)
+    if sock is not None:
+        return _TrioSocketWriter(sock)
     transport = getattr(stream, "_transport", None)  # anyio's asyncio SocketStream
-    if module == "anyio._backends._asyncio" and isinstance(transport, asyncio.WriteTransport):
+    if type(stream).__module__ == "anyio._backends._asyncio" and isinstance(
+        transport, asyncio.WriteTransport
+    ):
 
         def write_now(data: bytes) -> int:
             if transport.is_closing() or transport.get_write_buffer_size() > high:
@@ -222,12 +257,10 @@ def _direct_reader(stream: anyio.abc.ByteStream, limit: int) -> Callable[[int], 
     """The reader's ``receive``: from the raw socket on plain trio socket streams
     (see ``_TrioSocketReader``), from the transport's queue on anyio's asyncio socket
     streams (``_AsyncioStreamReader``), else the stream's own (TLS, others)."""
-    module = type(stream).__module__
-    if module == "anyio._backends._trio":
-        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
-        if sock is not None:
-            return _TrioSocketReader(sock)
-    elif module == "anyio._backends._asyncio":
+    sock = _raw_trio_socket(stream)
+    if sock is not None:
+        return _TrioSocketReader(sock)
+    if type(stream).__module__ == "anyio._backends._asyncio":
         transport = getattr(stream, "_transport", None)
         protocol = getattr(stream, "_protocol", None)
         if (
@@ -388,8 +421,12 @@ class Connection:
         self._queue_high, self._queue_low = _water_marks(max_queue)
         self._write_high, self._write_low = _water_marks(write_limit)
 
-        # Incoming messages (and fragments of streamed ones) waiting for recv().
-        self._messages: deque[Message] = deque()
+        # Incoming messages (and fragments of streamed ones) waiting for recv(). While
+        # none wait it is the shared _NO_MESSAGES: a deque takes 760 bytes even empty
+        # (its first block has room for 64 items), and most of a server's connections
+        # have nothing queued most of the time. _received makes a deque when messages
+        # arrive; _pop drops it once the last is taken.
+        self._messages: deque[Message] = _NO_MESSAGES
         self._complete = 0  # how many queued fragments end a message
         self._message_arrived: anyio.Event | None = None
         self._queue_drained: anyio.Event | None = None
@@ -406,9 +443,10 @@ class Connection:
         self._write_drained: anyio.Event | None = None
         # Pings awaiting their pong: payload -> (time sent, event set on pong).
         self._pings: dict[bytes, tuple[float, anyio.Event]] | None = None
-        # The connection's task group, and the shielded scopes of its tasks.
+        # The connection's task group, and the shielded scopes of its tasks (None
+        # when the task group shields them all: see _running).
         self._task_group: Any = None  # a trio nursery or an anyio task group
-        self._scopes: list[anyio.CancelScope] = []
+        self._scopes: list[anyio.CancelScope] | None = None
         # Set once the TCP connection is closed and everything is torn down.
         self._closed = self._backend.Event()
         self._transport_closing = False
@@ -462,7 +500,9 @@ class Connection:
     # ------------------------------------------------------------------ running
 
     @asynccontextmanager
-    async def _running(self, protocol: Protocol) -> AsyncIterator[Connection]:
+    async def _running(
+        self, protocol: Protocol, *, shield: bool = False
+    ) -> AsyncIterator[Connection]:
         """Run the reader, writer and keepalive tasks for the body of the block.
 
         On the way out the connection is closed (1000, or whatever close was
@@ -473,6 +513,12 @@ class Connection:
         are cancelled explicitly once the close is done. The writer task is only
         started the first time the kernel doesn't take a write at once (on trio,
         most connections never need it), which keeps idle connections small.
+
+        ``shield=True`` shields the whole block, body included, from outside
+        cancellation, through the task group's own cancel scope: that is what a
+        server wants for its handlers (``WebSocketServer.close()`` lets them finish,
+        then cancels them through that scope). The tasks then need no scopes of
+        their own, about 600 bytes each per connection.
 
         An exception from the body propagates as itself, not wrapped in an
         exception group by the task group, so ``except ConnectionClosed`` around an
@@ -485,6 +531,10 @@ class Connection:
         try:
             async with self._backend.open_task_group() as tg:
                 self._task_group = tg
+                if shield:
+                    tg.cancel_scope.shield = True
+                else:
+                    self._scopes = []
                 tg.start_soon(self._reader, name="trillium reader")
                 if self.ping_interval is not None:
                     tg.start_soon(self._keepalive, name="trillium keepalive")
@@ -497,16 +547,22 @@ class Connection:
                     with self._backend.CancelScope(shield=True):
                         await self.close()
                     self._task_group = None  # from now on, tasks start cancelled
-                    for scope in self._scopes:
-                        scope.cancel()
+                    if self._scopes is None:
+                        tg.cancel_scope.cancel()  # the tasks, as the body is done
+                    else:
+                        for scope in self._scopes:
+                            scope.cancel()
         except BaseExceptionGroup as group:
             if body_exc is not None and _only_contains(group, body_exc):
                 raise body_exc from None
             raise
 
-    def _shielded(self) -> anyio.CancelScope:
+    def _shielded(self) -> AbstractContextManager[Any]:
         """A scope for a background task: immune to outside cancellation, cancelled
-        by ``_running`` once the connection is closed."""
+        by ``_running`` once the connection is closed. (Nothing when the whole block
+        is shielded: see ``_running``.)"""
+        if self._scopes is None:
+            return _UNSCOPED
         scope: anyio.CancelScope = self._backend.CancelScope(shield=True)
         self._scopes.append(scope)
         if self._task_group is None:  # the connection is done: don't outlive it
@@ -514,77 +570,81 @@ class Connection:
         return scope
 
     async def _reader(self) -> None:
-        with self._shielded():
-            await self._read_frames()
+        """The reader task: read, parse, queue messages for ``recv()``, answer pings
+        and close frames; close the stream on the way out, whatever the reason.
 
-    async def _read_frames(self) -> None:
+        (The shielding scope is opened here rather than in a wrapper around the
+        loop: an idle connection holds this frame for its whole life, and one frame
+        fewer is about 220 bytes.)
+        """
         protocol = self.protocol
         assert protocol is not None
         stream = self.stream
         receive = self._read_now
         assert receive is not None
-        try:
-            while True:
-                if protocol.state is State.OPEN and self._queue_full():
-                    # Stop reading: the kernel buffer fills and TCP pushes back on the peer.
-                    # Not once we sent a close frame: the peer's close must get through,
-                    # even if nobody reads messages any more. (Checked again once the
-                    # event is published: another thread may drain the queue.)
-                    self._queue_drained = self._backend.Event()
-                    if self._queue_full():
-                        await self._queue_drained.wait()
-                    continue
-                # Parse no more events than the queue has room for: one read may hold
-                # thousands of tiny messages, and max_queue bounds what waits for
-                # recv(), not just when we stop reading. The rest stays buffered in
-                # the protocol (paused) until recv() makes room. Once closing, parse
-                # everything: the peer's close frame must get through.
-                room = None
-                if protocol.state is State.OPEN:
-                    room = max(1, self._queue_high - self._queued())
-                data: bytes | None
-                if protocol.paused:
-                    data = None  # complete frames may be buffered: parse them first
-                elif self.initial_data:
-                    data, self.initial_data = self.initial_data, b""
-                else:
-                    try:
-                        data = await receive(self._read_size)
-                    except _STREAM_ERRORS:
-                        data = b""
-                failure: ProtocolError | None = None
-                try:
-                    if data is None:
-                        events = protocol.receive_buffered(max_events=room)
+        with self._shielded():
+            try:
+                while True:
+                    if protocol.state is State.OPEN and self._queue_full():
+                        # Stop reading: the kernel buffer fills and TCP pushes back on the peer.
+                        # Not once we sent a close frame: the peer's close must get through,
+                        # even if nobody reads messages any more. (Checked again once the
+                        # event is published: another thread may drain the queue.)
+                        self._queue_drained = self._backend.Event()
+                        if self._queue_full():
+                            await self._queue_drained.wait()
+                        continue
+                    # Parse no more events than the queue has room for: one read may hold
+                    # thousands of tiny messages, and max_queue bounds what waits for
+                    # recv(), not just when we stop reading. The rest stays buffered in
+                    # the protocol (paused) until recv() makes room. Once closing, parse
+                    # everything: the peer's close frame must get through.
+                    room = None
+                    if protocol.state is State.OPEN:
+                        room = max(1, self._queue_high - self._queued())
+                    data: bytes | None
+                    if protocol.paused:
+                        data = None  # complete frames may be buffered: parse them first
+                    elif self.initial_data:
+                        data, self.initial_data = self.initial_data, b""
                     else:
-                        events = protocol.receive_data(data, max_events=room)
-                except ProtocolError as exc:
-                    failure = exc
-                    events = exc.events  # type: ignore[assignment]
-                    self.logger.info("failing connection %s: %s", self.id, exc)
-                if events:
-                    self._received(events)
-                reply = protocol.data_to_send()
-                if reply:
-                    self._write(reply)
-                if failure is not None or data == b"":
-                    break
-                if protocol.state is State.CLOSED:
-                    # Closing handshake done. The server closes TCP first (RFC 6455
-                    # §7.1.1); the client waits for that, at most close_timeout.
-                    if protocol.role is SERVER:
+                        try:
+                            data = await receive(self._read_size)
+                        except _STREAM_ERRORS:
+                            data = b""
+                    failure: ProtocolError | None = None
+                    try:
+                        if data is None:
+                            events = protocol.receive_buffered(max_events=room)
+                        else:
+                            events = protocol.receive_data(data, max_events=room)
+                    except ProtocolError as exc:
+                        failure = exc
+                        events = exc.events  # type: ignore[assignment]
+                        self.logger.info("failing connection %s: %s", self.id, exc)
+                    if events:
+                        self._received(events)
+                    reply = protocol.data_to_send()
+                    if reply:
+                        self._write(reply)
+                    if failure is not None or data == b"":
                         break
-                    with self._backend.move_on_after(self._close_wait()):
-                        while True:
-                            try:
-                                if not await stream.receive(self._read_size):
+                    if protocol.state is State.CLOSED:
+                        # Closing handshake done. The server closes TCP first (RFC 6455
+                        # §7.1.1); the client waits for that, at most close_timeout.
+                        if protocol.role is SERVER:
+                            break
+                        with self._backend.move_on_after(self._close_wait()):
+                            while True:
+                                try:
+                                    if not await stream.receive(self._read_size):
+                                        break
+                                except _STREAM_ERRORS:
                                     break
-                            except _STREAM_ERRORS:
-                                break
-                    break
-        finally:
-            with self._backend.CancelScope(shield=True):
-                await self._close_transport()
+                        break
+            finally:
+                with self._backend.CancelScope(shield=True):
+                    await self._close_transport()
 
     def _received(self, events: list[Event]) -> None:
         """Queue the messages parsed from one read for ``recv()``, all in one pass;
@@ -596,6 +656,8 @@ class Connection:
             if type(event) is Message:
                 if len(messages) >= self._queue_high and protocol.state is not State.OPEN:
                     continue  # closing, and nobody is reading: don't grow without bound
+                if messages is _NO_MESSAGES:
+                    messages = self._messages = deque()
                 messages.append(event)
                 if event.final:
                     self._complete += 1
@@ -632,43 +694,41 @@ class Connection:
             self._writer_wakeup.set()
 
     async def _writer(self) -> None:
-        with self._shielded():
-            await self._write_frames()
-
-    async def _write_frames(self) -> None:
-        """Send whatever piled up in one write; once closing, flush and close the stream."""
+        """The writer task: send whatever piled up in one write; once closing, flush
+        and close the stream."""
         stream = self.stream
-        try:
-            while True:
-                if not self._out:
-                    if self._transport_closing:
+        with self._shielded():
+            try:
+                while True:
+                    if not self._out:
+                        if self._transport_closing:
+                            break
+                        assert self._writer_wakeup is not None
+                        await self._writer_wakeup.wait()
+                        self._writer_wakeup = self._backend.Event()
+                        continue
+                    data = self._take_out()
+                    try:
+                        await stream.send(data)
+                    except _STREAM_ERRORS as exc:
+                        self._writing = False
+                        if not self._transport_closing:
+                            self.logger.debug("connection %s lost while writing: %r", self.id, exc)
+                            self._exception = exc
                         break
-                    assert self._writer_wakeup is not None
-                    await self._writer_wakeup.wait()
-                    self._writer_wakeup = self._backend.Event()
-                    continue
-                data = self._take_out()
-                try:
-                    await stream.send(data)
-                except _STREAM_ERRORS as exc:
-                    self._writing = False
-                    if not self._transport_closing:
-                        self.logger.debug("connection %s lost while writing: %r", self.id, exc)
-                        self._exception = exc
-                    break
-                except BaseException:
-                    self._writing = False
-                    raise
-                self._sent(len(data))
-                if self._out_size <= self._write_low:
-                    self._wake_senders()
-        finally:
-            self._writer_done = True
-            self._out.clear()
-            self._out_size = 0
-            self._wake_senders()
-            with self._backend.CancelScope(shield=True):
-                await self._abort()
+                    except BaseException:
+                        self._writing = False
+                        raise
+                    self._sent(len(data))
+                    if self._out_size <= self._write_low:
+                        self._wake_senders()
+            finally:
+                self._writer_done = True
+                self._out.clear()
+                self._out_size = 0
+                self._wake_senders()
+                with self._backend.CancelScope(shield=True):
+                    await self._abort()
 
     def _take_out(self) -> bytes:
         """For the writer: everything queued, as one write (``_writing`` from now on)."""
@@ -732,24 +792,31 @@ class Connection:
             await self._write_drained.wait()
 
     async def _keepalive(self) -> None:
-        with self._shielded():
-            await self._ping_periodically()
+        """The keepalive task: every ``ping_interval``, a ping that must be answered
+        within ``ping_timeout``, else the connection fails (1011).
 
-    async def _ping_periodically(self) -> None:
+        Between pings it waits for the connection to close, with ping_interval as
+        the timeout, rather than sleeping: the same pause in fewer nested frames
+        (an idle connection holds them for its whole life), and it ends as soon as
+        the connection does.
+        """
         assert self.ping_interval is not None
-        while True:
-            await anyio.sleep(self.ping_interval)
-            if self.state is not State.OPEN:
-                return
-            try:
-                with anyio.fail_after(self.ping_timeout if self.ping_timeout else float("inf")):
-                    await self.ping()
-            except TimeoutError:
-                self.logger.info("connection %s: no pong within ping_timeout", self.id)
-                self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-                return
-            except ConnectionClosed:
-                return
+        backend = self._backend
+        with self._shielded():
+            while True:
+                with backend.move_on_after(self.ping_interval):
+                    await self._closed.wait()
+                if self.state is not State.OPEN:
+                    return
+                try:
+                    with backend.move_on_after(self.ping_timeout or float("inf")) as waiting:
+                        await self.ping()
+                except ConnectionClosed:
+                    return
+                if waiting.cancelled_caught:
+                    self.logger.info("connection %s: no pong within ping_timeout", self.id)
+                    self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                    return
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection: send a close frame if we still can, then drop TCP.
@@ -870,11 +937,10 @@ class Connection:
             self._receiving = False
 
     async def _next_fragment(self) -> Message:
-        messages = self._messages
-        if messages:
+        if self._messages:
             await self._backend.checkpoint_if_cancelled()
         else:
-            while not messages:
+            while not self._messages:  # (a new deque once messages arrive)
                 if self._closed.is_set():
                     raise self._closed_exception()
                 self._message_arrived = self._backend.Event()
@@ -888,6 +954,8 @@ class Connection:
         message = messages.popleft()
         if message.final:
             self._complete -= 1
+        if not messages:
+            self._messages = _NO_MESSAGES
         if len(messages) <= self._queue_low:
             self._resume_reading()
         return message

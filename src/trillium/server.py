@@ -274,24 +274,22 @@ class WebSocketServer:
             with connection._backend.CancelScope(shield=True):
                 await connection._abort()
             return
-        # Shielded: when the server is cancelled, close() still closes this
-        # connection with 1001 and gives the handler close_timeout to finish, then
-        # cancels it through this scope.
-        scope = connection._backend.CancelScope(shield=True)
-        self._handler_scopes[connection] = scope
         self.connections.add(connection)
         try:
-            with scope:
-                async with connection._running(protocol):
-                    try:
-                        await self.handler(connection)
-                    except ConnectionClosed as exc:
-                        # The peer went away while the handler used the connection:
-                        # the normal end of a handler that doesn't catch it.
-                        self.logger.debug("connection %s closed: %s", connection.id, exc)
-                    except Exception:
-                        self.logger.error("connection handler failed", exc_info=True)
-                        await connection.close(CloseCode.INTERNAL_ERROR, "")
+            # Shielded: when the server is cancelled, close() still closes this
+            # connection with 1001 and gives the handler close_timeout to finish, then
+            # cancels it through the task group's scope, which shields the block.
+            async with connection._running(protocol, shield=True):
+                self._handler_scopes[connection] = connection._task_group.cancel_scope
+                try:
+                    await self.handler(connection)
+                except ConnectionClosed as exc:
+                    # The peer went away while the handler used the connection:
+                    # the normal end of a handler that doesn't catch it.
+                    self.logger.debug("connection %s closed: %s", connection.id, exc)
+                except Exception:
+                    self.logger.error("connection handler failed", exc_info=True)
+                    await connection.close(CloseCode.INTERNAL_ERROR, "")
         finally:
             self.connections.discard(connection)
             self._handler_scopes.pop(connection, None)
