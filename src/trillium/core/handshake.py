@@ -157,6 +157,41 @@ _FIELD = re.compile(
 )
 
 
+# The names and values most requests carry, as the shared str objects they decode to:
+# a server keeps every connection's request for the connection's life, and a shared
+# str costs nothing per connection (a lookup is also cheaper than decoding).
+_COMMON = {
+    text.encode("latin-1"): text
+    for text in (
+        "GET",
+        "1.1",
+        "/",
+        "Host",
+        "Upgrade",
+        "upgrade",
+        "websocket",
+        "Connection",
+        "keep-alive, Upgrade",
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "13",
+        "Sec-WebSocket-Extensions",
+        "permessage-deflate; client_max_window_bits",
+        "Sec-WebSocket-Protocol",
+        "Origin",
+        "User-Agent",
+        "Accept-Encoding",
+        "gzip, deflate, br, zstd",
+        "Accept-Language",
+        "Cache-Control",
+        "no-cache",
+        "Pragma",
+        "Cookie",
+        "Authorization",
+    )
+}
+
+
 def parse_request_head(head: bytes) -> Request:
     """Parse an HTTP/1.1 request head (without its final empty line) into a Request.
 
@@ -171,14 +206,19 @@ def parse_request_head(head: bytes) -> Request:
     if match is None:
         raise InvalidHandshake(f"malformed request line: {lines[0][:100]!r}", 400)
     method, target, version = match.groups()
+    common = _COMMON.get
     headers = Headers()
     for line in lines[1:]:
         field = _FIELD.fullmatch(line)
         if field is None:
             raise InvalidHandshake(f"malformed header line: {line[:100]!r}", 400)
-        headers[field.group(1).decode("ascii")] = field.group(2).decode("latin-1")
+        name, value = field.groups()
+        headers[common(name) or name.decode("ascii")] = common(value) or value.decode("latin-1")
     return Request(
-        target.decode("latin-1"), headers, method.decode("ascii"), version.decode("ascii")
+        common(target) or target.decode("latin-1"),
+        headers,
+        common(method) or method.decode("ascii"),
+        common(version) or version.decode("ascii"),
     )
 
 

@@ -38,14 +38,21 @@ class Headers(MutableMapping[str, str]):
 
     ``h[name]`` joins repeated fields with ", " (RFC 9110 §5.3); ``get_all`` keeps them
     apart; ``h[name] = value`` appends a field, as HTTP allows repeats.
+
+    A server keeps every connection's request and response headers for as long as
+    the connection lives, so they are stored compactly: the fields in one flat list
+    (name, value, name, value, ...) rather than a tuple each, and the index by
+    lowercased name that makes lookups cheap is only built by the first lookup. The
+    server drops it (``_drop_index``) once the handshake no longer needs it; a later
+    lookup builds it again.
     """
 
-    __slots__ = ("_index", "_items")
+    __slots__ = ("_fields", "_index")
 
     def __init__(self, items: HeadersLike | None = None) -> None:
-        self._items: list[tuple[str, str]] = []
-        # lowercased name -> its values in order: lookups cost one dict access.
-        self._index: dict[str, list[str]] = {}
+        self._fields: list[str] = []
+        # lowercased name -> its values in order, or None until a lookup needs it.
+        self._index: dict[str, list[str]] | None = None
         if items is not None:
             self.update(items)
 
@@ -62,52 +69,81 @@ class Headers(MutableMapping[str, str]):
         for name, value in kwargs.items():
             self[name] = value
 
+    def _lookup(self) -> dict[str, list[str]]:
+        """The index by lowercased name, built now if it isn't yet."""
+        index = self._index
+        if index is None:
+            index = {}
+            fields = self._fields
+            for i in range(0, len(fields), 2):
+                name = fields[i].lower()
+                values = index.get(name)
+                if values is None:
+                    index[name] = [fields[i + 1]]
+                else:
+                    values.append(fields[i + 1])
+            self._index = index
+        return index
+
+    def _drop_index(self) -> None:
+        """Forget the lookup index, to hold less memory while nobody looks fields up."""
+        self._index = None
+
     def __getitem__(self, name: str) -> str:
-        values = self._index.get(name.lower())
+        values = self._lookup().get(name.lower())
         if not values:
             raise KeyError(name)
         return values[0] if len(values) == 1 else ", ".join(values)
 
     def __setitem__(self, name: str, value: str) -> None:
-        self._items.append((name, value))
-        self._index.setdefault(name.lower(), []).append(value)
+        self._fields += (name, value)
+        if self._index is not None:
+            self._index.setdefault(name.lower(), []).append(value)
 
     def __delitem__(self, name: str) -> None:
         lower = name.lower()
-        if lower not in self._index:
+        index = self._lookup()
+        if lower not in index:
             raise KeyError(name)
-        del self._index[lower]
-        self._items = [(k, v) for k, v in self._items if k.lower() != lower]
+        del index[lower]
+        fields = self._fields
+        self._fields = [
+            item
+            for i in range(0, len(fields), 2)
+            if fields[i].lower() != lower
+            for item in (fields[i], fields[i + 1])
+        ]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._index
+        return isinstance(name, str) and name.lower() in self._lookup()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._index))
+        return iter(list(self._lookup()))
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._lookup())
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Headers):
-            return [(k.lower(), v) for k, v in self._items] == [
-                (k.lower(), v) for k, v in other._items
+            return [(k.lower(), v) for k, v in self.raw_items()] == [
+                (k.lower(), v) for k, v in other.raw_items()
             ]
         return NotImplemented
 
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        return f"Headers({self.raw_items()!r})"
 
     def get_all(self, name: str) -> list[str]:
         """Every value of the field ``name``, in order (empty list if absent)."""
-        return list(self._index.get(name.lower(), ()))
+        return list(self._lookup().get(name.lower(), ()))
 
     def raw_items(self) -> list[tuple[str, str]]:
         """The fields as received or added, with their original case and order."""
-        return list(self._items)
+        fields = self._fields
+        return list(zip(fields[::2], fields[1::2], strict=True))
 
     def copy(self) -> Headers:
-        return Headers(self._items)
+        return Headers(self.raw_items())
 
 
 def parse_tokens(values: Iterable[str]) -> list[str]:
