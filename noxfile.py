@@ -91,6 +91,8 @@ def bench(session: nox.Session) -> None:
     )
     # Compressed echo (permessage-deflate) against websockets, both compressing.
     session.run("python", "benchmarks/compression.py", *quick)
+    # The blocking face under gevent and eventlet, against simple-websocket there.
+    session.run("python", "benchmarks/green.py", *quick)
 
 
 @nox.session

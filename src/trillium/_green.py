@@ -24,8 +24,11 @@ face needs two things that this breaks, and gets them back here:
   the trio thread wakes it: through ``loop.run_callback_threadsafe`` on gevent, and
   through a pipe that a greenlet of the hub watches on eventlet (``_EventletWaker``).
   ``call()`` and ``start_task()`` stand in for the blocking portal's, whose futures
-  wait on the patched primitives. A parked greenlet holds no thread: thousands of
-  idle connections cost no more than under simple-websocket.
+  wait on the patched primitives. A caller that reads the socket itself (while it
+  keeps receiving, see ``sync._ThreadedConnection``) waits for it in its hub too
+  (``poller``), so that a round trip involves no other thread. A parked greenlet
+  holds no thread: thousands of idle connections cost no more than under
+  simple-websocket.
 
 With neither library active, every function here hands out the standard objects
 and calls, so the plain blocking face pays nothing. gevent and eventlet are only

@@ -53,10 +53,11 @@ front of it).
 
 Under Eventlet or gevent (``gunicorn -k gevent``, ``-k eventlet``, their own WSGI
 servers, or any monkey-patched process), the trio thread is still a real OS thread,
-and a greenlet that waits for it (``receive()``, ``close()``, a handshake, a full
-send buffer) is parked in its hub, so the other greenlets run meanwhile; the trio
-thread wakes it through the hub. Import trillium after the monkey patching, as both
-libraries ask, and before anything else that imports trio. See ``trillium._green``.
+and a greenlet that waits, for it (``receive()``, ``close()``, a handshake, a full
+send buffer) or for the socket it reads itself, is parked in its hub, so the other
+greenlets run meanwhile; the trio thread wakes it through the hub. Import trillium
+after the monkey patching, as both libraries ask, and before anything else that
+imports trio. See ``trillium._green``.
 """
 
 from __future__ import annotations
