@@ -109,10 +109,12 @@ def _trio_event_class() -> type:
                 for task in waiters or ():
                     reschedule(task)
 
-        async def wait(self) -> None:
+        def wait(self) -> Awaitable[None]:
+            # A plain method that returns what to await, rather than a coroutine
+            # function: a task waiting on the event holds one frame fewer (about
+            # 270 bytes). Callers await it at once, as ``await event.wait()``.
             if self._flag:
-                await checkpoint()
-                return
+                return checkpoint()
             task = current_task()
             if self._waiters is None:
                 self._waiters = []
@@ -123,6 +125,6 @@ def _trio_event_class() -> type:
                 waiters.remove(task)
                 return Abort.SUCCEEDED
 
-            await wait_task_rescheduled(abort)
+            return wait_task_rescheduled(abort)
 
     return Event

@@ -86,8 +86,10 @@ class Headers(MutableMapping[str, str]):
         return index
 
     def _drop_index(self) -> None:
-        """Forget the lookup index, to hold less memory while nobody looks fields up."""
+        """Forget the lookup index, to hold less memory while nobody looks fields up
+        (and trim the list of fields to its length: appending over-allocates)."""
         self._index = None
+        self._fields = self._fields[:]
 
     def __getitem__(self, name: str) -> str:
         values = self._lookup().get(name.lower())
