@@ -231,18 +231,47 @@ def test_server_answers_client_max_window_bits_8_to_15(bits: int) -> None:
         assert ext.remote_max_window_bits == min(bits, ours)
 
 
-def test_server_declines_server_max_window_bits_8_which_zlib_cannot_honour() -> None:
-    """RFC 7692 §7.1.2.1: a server that can't compress with that window declines the offer.
-
-    zlib has no 8-bit compression window, so trillium never promises one; a client
-    with a fallback offer gets that instead.
-    """
-    assert negotiate([offer(("server_max_window_bits", "8"))]) is None
-    negotiated = negotiate(
-        [offer(("server_max_window_bits", "8")), offer(("server_max_window_bits", "9"))]
-    )
+def test_server_accepts_server_max_window_bits_8() -> None:
+    """RFC 7692 §7.1.2.1: any window from 8 to 15 bits may be asked for; zlib
+    can't compress with 8, but its streams with 9 never reach back further."""
+    negotiated = negotiate([offer(("server_max_window_bits", "8"))])
     assert negotiated is not None
-    assert negotiated[0] == offer(("server_max_window_bits", "9"))
+    assert negotiated[0] == offer(("server_max_window_bits", "8"))
+    assert negotiated[1].local_max_window_bits == 8
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    chunks=st.lists(
+        st.one_of(
+            st.binary(max_size=600),
+            st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=40), st.integers(1, 60)),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    takeover=st.booleans(),
+)
+def test_what_we_compress_for_an_8_bit_window_decompresses_with_one(
+    chunks: list[bytes], takeover: bool
+) -> None:
+    """A peer that allowed us only 256 bytes of window decodes every message with
+    exactly that window. zlib's decoder refuses a reference further back than its
+    window ("invalid distance too far back") once it must look there: taking the
+    output 16 bytes at a time makes it, as a 15-bit stream would show."""
+    ours = PerMessageDeflate(
+        local_max_window_bits=8, local_no_context_takeover=not takeover, threshold=0
+    )
+    theirs = zlib.decompressobj(wbits=-8)
+    for chunk in chunks:
+        frame = ours.encode(Frame(Opcode.BINARY, chunk, True, 0))
+        if not takeover:
+            theirs = zlib.decompressobj(wbits=-8)
+        out, data = [], frame.payload + TAIL
+        while data:
+            out.append(theirs.decompress(data, 16))
+            data = theirs.unconsumed_tail
+        assert b"".join(out) == chunk
 
 
 def test_server_settings_are_imposed_without_being_asked() -> None:
@@ -350,8 +379,8 @@ def test_server_picks_the_first_acceptable_offer_among_several() -> None:
     """RFC 7692 §5: offers come in order of preference; the first acceptable one wins."""
     offers = [
         ("x-webkit-deflate-frame", []),  # another extension: not ours to judge
-        offer(("server_max_window_bits", "8")),  # declined (zlib can't)
         offer(("mystery", "1")),  # declined (unknown parameter)
+        offer(("server_max_window_bits", "7")),  # declined (no such window)
         offer(("server_max_window_bits", "10"), ("client_max_window_bits", None)),  # chosen
         offer(("server_no_context_takeover", None)),  # acceptable, but later
         offer(),
@@ -464,8 +493,8 @@ def test_client_accepts_valid_answers(
         ),
         # ... without a value: only an offer may omit it.
         pytest.param({}, [("client_max_window_bits", None)], id="client_bits-without-value"),
-        # ... 8, which zlib can't compress with.
-        pytest.param({}, [("client_max_window_bits", "8")], id="client_bits=8"),
+        # ... below 8.
+        pytest.param({}, [("client_max_window_bits", "7")], id="client_bits=7"),
         # server_max_window_bits larger than offered, or missing when offered (§7.1.2.1).
         pytest.param(
             {"server_max_window_bits": 10},
@@ -536,9 +565,9 @@ def test_client_offers(kwargs: dict[str, object], expected: Params) -> None:
     [
         (ClientPerMessageDeflateFactory, {"server_max_window_bits": 7}),
         (ClientPerMessageDeflateFactory, {"server_max_window_bits": 16}),
-        (ClientPerMessageDeflateFactory, {"client_max_window_bits": 8}),
+        (ClientPerMessageDeflateFactory, {"client_max_window_bits": 7}),
         (ClientPerMessageDeflateFactory, {"client_max_window_bits": 16}),
-        (ServerPerMessageDeflateFactory, {"server_max_window_bits": 8}),
+        (ServerPerMessageDeflateFactory, {"server_max_window_bits": 7}),
         (ServerPerMessageDeflateFactory, {"server_max_window_bits": 16}),
         (ServerPerMessageDeflateFactory, {"client_max_window_bits": 7}),
         (ServerPerMessageDeflateFactory, {"client_max_window_bits": 16}),
@@ -1274,3 +1303,9 @@ def cuts_used(data: str | bytes, cuts: list[int]) -> list[int]:
     """The cuts that start a new fragment (one ping after each fragment but the last)."""
     bounds = [0, *cuts, len(data)]
     return list(range(len(bounds) - 2))
+
+
+def test_client_accepts_an_answer_asking_it_for_an_8_bit_window() -> None:
+    """RFC 7692 §7.1.2.2: the server may ask the client for any window from 8 bits."""
+    extension = ClientPerMessageDeflateFactory().accept([("client_max_window_bits", "8")])
+    assert extension.local_max_window_bits == 8

@@ -49,8 +49,10 @@ __all__ = [
 NAME = "permessage-deflate"
 _EMPTY_BLOCK = b"\x00\x00\xff\xff"
 _WINDOW_BITS = frozenset(str(n) for n in range(8, 16))  # "8" .. "15", no leading zeros
-#: zlib can't compress with an 8-bit window (it silently uses 9), so we never promise to.
-MIN_COMPRESS_WINDOW_BITS = 9
+#: zlib can't compress with an 8-bit (256-byte) window; it is asked for 9 then. That
+#: still keeps the promise: zlib never refers further back than the window minus its
+#: 262-byte lookahead, which for 9 bits (512 bytes) is 250 bytes, within 256.
+_ZLIB_MIN_WINDOW_BITS = 9
 
 
 class PerMessageDeflate(Extension):
@@ -78,8 +80,8 @@ class PerMessageDeflate(Extension):
     ) -> None:
         if not 8 <= remote_max_window_bits <= 15:
             raise ValueError("remote_max_window_bits must be between 8 and 15")
-        if not MIN_COMPRESS_WINDOW_BITS <= local_max_window_bits <= 15:
-            raise ValueError("local_max_window_bits must be between 9 and 15")
+        if not 8 <= local_max_window_bits <= 15:
+            raise ValueError("local_max_window_bits must be between 8 and 15")
         self.remote_no_context_takeover = remote_no_context_takeover
         self.local_no_context_takeover = local_no_context_takeover
         self.remote_max_window_bits = remote_max_window_bits
@@ -150,9 +152,8 @@ class PerMessageDeflate(Extension):
                 return frame
             rsv = frame.rsv | RSV1
         if self._encoder is None:
-            self._encoder = zlib.compressobj(
-                self.level, zlib.DEFLATED, -self.local_max_window_bits, self.mem_level
-            )
+            bits = max(self.local_max_window_bits, _ZLIB_MIN_WINDOW_BITS)
+            self._encoder = zlib.compressobj(self.level, zlib.DEFLATED, -bits, self.mem_level)
         payload = self._encoder.compress(frame.payload) + self._encoder.flush(zlib.Z_SYNC_FLUSH)
         if frame.fin:
             if payload.endswith(_EMPTY_BLOCK):
@@ -203,8 +204,8 @@ class _Params:
 
 
 def _check_bits(name: str, bits: int | None) -> None:
-    if bits is not None and not MIN_COMPRESS_WINDOW_BITS <= bits <= 15:
-        raise ValueError(f"{name} must be between 9 and 15 (zlib can't compress with 8)")
+    if bits is not None and not 8 <= bits <= 15:
+        raise ValueError(f"{name} must be between 8 and 15")
 
 
 class ServerPerMessageDeflateFactory:
@@ -213,7 +214,7 @@ class ServerPerMessageDeflateFactory:
     - ``server_no_context_takeover``: reset our compressor after every message
       (less memory per connection, less compression).
     - ``client_no_context_takeover``: ask the client to do the same.
-    - ``server_max_window_bits``: the largest window we compress with (9-15; default
+    - ``server_max_window_bits``: the largest window we compress with (8-15; default
       12, a 4 KiB window, as websockets does, to keep memory per connection low).
     - ``client_max_window_bits``: ask the client for at most this window, when it
       offers the parameter (default 12); ``require_client_max_window_bits`` declines
@@ -296,8 +297,6 @@ class ServerPerMessageDeflateFactory:
         server_bits = self.server_max_window_bits
         if offer.server_max_window_bits is not None:
             server_bits = min(offer.server_max_window_bits, server_bits or 15)
-            if server_bits < MIN_COMPRESS_WINDOW_BITS:
-                return None  # the client wants a window zlib can't compress with
         if server_bits is not None:
             answer.append(("server_max_window_bits", str(server_bits)))
 
@@ -416,8 +415,6 @@ class ClientPerMessageDeflateFactory:
                     f"client_max_window_bits={client_bits} exceeds the "
                     f"{offered_client_bits} offered"
                 )
-            if client_bits < MIN_COMPRESS_WINDOW_BITS:
-                raise NegotiationError("client_max_window_bits=8 can't be honoured with zlib")
         elif type(offered_client_bits) is int:
             client_bits = offered_client_bits  # we said we'd use at most this
         return PerMessageDeflate(
