@@ -73,13 +73,16 @@ def _anyio_backend() -> Backend:
 
 
 def _trio_event_class() -> type:
-    """``trio.Event``'s behaviour (``set``, ``is_set``, ``wait``) without its set.
+    """``trio.Event``'s behaviour (``set``, ``is_set``, ``wait``), in less memory.
 
-    Every ``trio.Event`` allocates a ``set`` for its waiters up front, about 220
-    bytes. A connection keeps a few events for its whole life (closed, message
-    arrived, ...) and most of them never get a waiter, or only one: this one keeps
-    its waiters in a list made by the first ``wait()``. Built on trio's documented
-    low-level API (``wait_task_rescheduled``, ``reschedule``), as ``trio.Event`` is.
+    Every ``trio.Event`` allocates a ``set`` for its waiters up front (about 220
+    bytes), and each waiting task holds a closure to leave it if cancelled (another
+    220). A connection keeps a few events for its whole life (closed, message
+    arrived, ...), and most of them never get a waiter, or get exactly one (recv(),
+    the reader, the writer each wait on their own): this one keeps the first waiter
+    in a slot, leaving through a bound method, and only further waiters in a list.
+    Built on trio's documented low-level API (``wait_task_rescheduled``,
+    ``reschedule``), as ``trio.Event`` is.
     """
     import trio
     from trio.lowlevel import (
@@ -92,11 +95,12 @@ def _trio_event_class() -> type:
     )
 
     class Event:
-        __slots__ = ("_flag", "_waiters")
+        __slots__ = ("_first", "_flag", "_more")
 
         def __init__(self) -> None:
             self._flag = False
-            self._waiters: list[trio.lowlevel.Task] | None = None
+            self._first: trio.lowlevel.Task | None = None  # usually the only waiter
+            self._more: list[trio.lowlevel.Task] | None = None
 
         def is_set(self) -> bool:
             return self._flag
@@ -105,8 +109,11 @@ def _trio_event_class() -> type:
         def set(self) -> None:
             if not self._flag:
                 self._flag = True
-                waiters, self._waiters = self._waiters, None
-                for task in waiters or ():
+                first, more = self._first, self._more
+                self._first = self._more = None
+                if first is not None:
+                    reschedule(first)
+                for task in more or ():
                     reschedule(task)
 
         def wait(self) -> Awaitable[None]:
@@ -116,15 +123,23 @@ def _trio_event_class() -> type:
             if self._flag:
                 return checkpoint()
             task = current_task()
-            if self._waiters is None:
-                self._waiters = []
-            waiters = self._waiters
-            waiters.append(task)
+            if self._first is None:
+                self._first = task
+                return wait_task_rescheduled(self._forget_first)
+            if self._more is None:
+                self._more = []
+            more = self._more
+            more.append(task)
 
             def abort(_: Any) -> Abort:
-                waiters.remove(task)
+                more.remove(task)
                 return Abort.SUCCEEDED
 
             return wait_task_rescheduled(abort)
+
+        def _forget_first(self, _: Any) -> Abort:
+            """The first waiter was cancelled: it no longer waits."""
+            self._first = None
+            return Abort.SUCCEEDED
 
     return Event

@@ -165,7 +165,6 @@ class WebSocketServer:
         self._stack: AsyncExitStack | None = None
         self._task_group: Any = None  # a trio nursery or an anyio task group
         self._accepting = anyio.CancelScope()
-        self._handler_scopes: dict[ServerConnection, anyio.CancelScope] = {}
         self._closed = anyio.Event()
         self._closing = False
 
@@ -238,10 +237,11 @@ class WebSocketServer:
                     tg.start_soon(connection.close, CloseCode.GOING_AWAY, "server shutting down")
         grace = self.close_timeout if self.close_timeout is not None else 10
         with anyio.move_on_after(grace):
-            while self._handler_scopes:
+            while self.connections:
                 await anyio.sleep(0.01)
-        for scope in list(self._handler_scopes.values()):
-            scope.cancel()
+        for connection in list(self.connections):
+            if connection._task_group is not None:  # the block that shields the handler
+                connection._task_group.cancel_scope.cancel()
         self._closed.set()
 
     async def wait_closed(self) -> None:
@@ -280,7 +280,6 @@ class WebSocketServer:
             # connection with 1001 and gives the handler close_timeout to finish, then
             # cancels it through the task group's scope, which shields the block.
             async with connection._running(protocol, shield=True):
-                self._handler_scopes[connection] = connection._task_group.cancel_scope
                 try:
                     await self.handler(connection)
                 except ConnectionClosed as exc:
@@ -292,7 +291,6 @@ class WebSocketServer:
                     await connection.close(CloseCode.INTERNAL_ERROR, "")
         finally:
             self.connections.discard(connection)
-            self._handler_scopes.pop(connection, None)
 
     async def _handshake(self, connection: ServerConnection) -> Protocol | None:
         """Run the opening handshake within ``open_timeout``; None if it was refused."""
