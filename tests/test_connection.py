@@ -303,6 +303,27 @@ async def test_async_for_ends_on_normal_closure() -> None:
             assert ws.close_reason == "going away"
 
 
+async def test_recv_inside_async_for_still_raises_connection_closed_ok() -> None:
+    """Only the loop turns a normal closure into its end; a recv() in its body, or
+    after it, raises ConnectionClosedOK as always."""
+    with trio.fail_after(TEST_TIMEOUT):
+
+        async def handler(ws: trillium.ServerConnection) -> None:
+            await ws.send("a")
+            await ws.close()
+
+        async with serving(handler) as (_, uri), trillium.connect(uri) as ws:
+            received = []
+            with pytest.raises(ConnectionClosedOK):
+                async for message in ws:
+                    received.append(message)
+                    await ws.recv()
+            assert received == ["a"]
+            assert [message async for message in ws] == []
+            with pytest.raises(ConnectionClosedOK):
+                await ws.recv()
+
+
 async def test_async_for_raises_connection_closed_error_on_error_closure() -> None:
     with trio.fail_after(TEST_TIMEOUT):
 
