@@ -43,9 +43,17 @@ CALLS = [
 
 @pytest.mark.parametrize(("cls", "method"), CALLS, ids=[f"{c}.{m}" for c, m in CALLS])
 def test_same_positional_parameters_and_defaults(cls: str, method: str) -> None:
+    # Same names in the same order, same defaults; where simple-websocket has no
+    # default we may have one (Server.accept(sock=..., headers=...) needs no environ):
+    # every call that works with simple-websocket works the same with trillium.
     theirs = getattr(getattr(simple_websocket, cls), method)
     ours = getattr(getattr(trillium, cls), method)
-    assert _positional(ours) == _positional(theirs)
+    empty = inspect.Parameter.empty
+    assert [name for name, _ in _positional(ours)] == [name for name, _ in _positional(theirs)]
+    for (name, default), (_, their_default) in zip(
+        _positional(ours), _positional(theirs), strict=True
+    ):
+        assert default == their_default or their_default is empty, name
     extra = set(inspect.signature(ours).parameters) - set(inspect.signature(theirs).parameters)
     for name in extra:
         assert inspect.signature(ours).parameters[name].kind is inspect.Parameter.KEYWORD_ONLY

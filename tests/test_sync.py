@@ -528,3 +528,45 @@ def test_a_protocol_error_read_by_a_receiving_caller_fails_with_1002() -> None:
     assert frame[0] == 0x88
     key, masked_code = frame[2:6], frame[6:8]
     assert bytes(m ^ key[i] for i, m in enumerate(masked_code)) == (1002).to_bytes(2, "big")
+
+
+def test_server_accepts_a_socket_whose_request_was_read_by_the_caller() -> None:
+    from websockets.sync.client import connect
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    outcome: list[object] = []
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            lines = head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+            headers = dict(line.split(": ", 1) for line in lines)
+            ws = trillium.Server.accept(sock=conn, headers=headers, subprotocols=["chat"])
+            outcome.append((ws.mode, ws.subprotocol))
+            try:
+                while True:
+                    ws.send(ws.receive(timeout=5))
+            except trillium.ConnectionClosed as exc:
+                outcome.append(exc.reason)
+
+    thread = threading.Thread(target=serve_one)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        with connect(f"ws://127.0.0.1:{port}/", subprotocols=["chat"]) as client:  # type: ignore[list-item]
+            client.send("text")
+            assert client.recv(timeout=5) == "text"
+            client.send(b"\x00\x01")
+            assert client.recv(timeout=5) == b"\x00\x01"
+        thread.join(10)
+    finally:
+        listener.close()
+    assert outcome == [("custom", "chat"), 1000]
+
+
+def test_server_needs_an_environ_or_a_socket() -> None:
+    with pytest.raises(TypeError, match="environ"):
+        trillium.Server.accept()

@@ -739,6 +739,10 @@ class Server(_SyncBase):
     shut down, so whatever the WSGI server writes afterwards (its own response to the
     view) goes nowhere.
 
+    ``Server.accept(sock=conn, headers=request_headers)`` does the same on a
+    connected socket whose upgrade request you read yourself (``mode`` is
+    ``"custom"``); the socket stays yours to close once the connection is over.
+
     A request that isn't a valid upgrade raises ``InvalidHandshake`` (a
     ``ConnectionError`` whose ``status_code`` is 400, or 426 for a wrong version)
     before anything is written: the view can still answer it. Options as in
@@ -752,7 +756,7 @@ class Server(_SyncBase):
 
     def __init__(
         self,
-        environ: Mapping[str, Any],
+        environ: Mapping[str, Any] | None = None,
         subprotocols: SubprotocolsArg = None,
         receive_bytes: int = 4096,
         ping_interval: float | None = None,
@@ -761,6 +765,8 @@ class Server(_SyncBase):
         event_class: Any = None,
         selector_class: Any = None,
         *,
+        sock: Any = None,
+        headers: Mapping[str, str] | None = None,
         close_timeout: float | None = 10,
         max_queue: int | None = 16,
         write_limit: int = 2**18,
@@ -775,20 +781,29 @@ class Server(_SyncBase):
             max_queue=max_queue,
             write_limit=write_limit,
         )
-        self.environ = environ
+        self.environ = environ if environ is not None else {}
         self.subprotocols = subprotocol_list(subprotocols)
-        sock, self.mode = _wsgi_socket(environ)
-        version = str(environ.get("SERVER_PROTOCOL", "HTTP/1.1")).partition("/")[2]
-        if self.mode == "eventlet":  # eventlet.wsgi says HTTP/1.0, whatever the request said
-            version = "1.1"
-        upgrade = check_upgrade(
-            str(environ.get("REQUEST_METHOD", "GET")),
-            _wsgi_target(environ),
-            _wsgi_headers(environ),
-            self.choose_subprotocol,
-            compression,
-            version or "1.1",
-        )
+        if sock is not None:
+            self.mode = "custom"
+            request_headers = dict(headers or {})
+            upgrade = check_upgrade(
+                "GET", "/", request_headers.items(), self.choose_subprotocol, compression
+            )
+        elif environ is None:
+            raise TypeError("Server.accept() needs a WSGI environ, or sock= and headers=")
+        else:
+            sock, self.mode = _wsgi_socket(environ)
+            version = str(environ.get("SERVER_PROTOCOL", "HTTP/1.1")).partition("/")[2]
+            if self.mode == "eventlet":  # eventlet.wsgi says HTTP/1.0, whatever was asked
+                version = "1.1"
+            upgrade = check_upgrade(
+                str(environ.get("REQUEST_METHOD", "GET")),
+                _wsgi_target(environ),
+                _wsgi_headers(environ),
+                self.choose_subprotocol,
+                compression,
+                version or "1.1",
+            )
         self.request, self.subprotocol = upgrade.request, upgrade.subprotocol
         taken = self._taken = take_over(sock)
 
@@ -800,7 +815,7 @@ class Server(_SyncBase):
     @classmethod
     def accept(
         cls,
-        environ: Mapping[str, Any],
+        environ: Mapping[str, Any] | None = None,
         subprotocols: SubprotocolsArg = None,
         receive_bytes: int = 4096,
         ping_interval: float | None = None,
@@ -809,12 +824,15 @@ class Server(_SyncBase):
         event_class: Any = None,
         selector_class: Any = None,
         *,
+        sock: Any = None,
+        headers: Mapping[str, str] | None = None,
         close_timeout: float | None = 10,
         max_queue: int | None = 16,
         write_limit: int = 2**18,
         compression: ServerCompression = "deflate",
     ) -> Server:
-        """Accept the WebSocket connection of a WSGI request.
+        """Accept the WebSocket connection of a WSGI request (or, with ``sock=`` and
+        ``headers=``, of a socket whose upgrade request you read yourself).
 
         ``subprotocols``: the ones the server supports (None: no negotiation).
         ``receive_bytes``: the socket read size (at least 64 KiB is read).
@@ -842,6 +860,8 @@ class Server(_SyncBase):
             receive_bytes=receive_bytes,
             ping_interval=ping_interval,
             max_message_size=max_message_size,
+            sock=sock,
+            headers=headers,
             close_timeout=close_timeout,
             max_queue=max_queue,
             write_limit=write_limit,
