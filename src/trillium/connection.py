@@ -325,20 +325,59 @@ async def accept_forever(
         task_group.start_soon(handle, stream, name=name)
 
 
-async def read_handshake(stream: anyio.abc.ByteStream, feed: Callable[[bytes], T | None]) -> T:
+async def read_handshake(
+    stream: anyio.abc.ByteStream, feed: Callable[[bytes], T | None], *, sent: bool = False
+) -> T:
     """Feed what ``stream`` gives to a handshake parser until it returns its result.
 
     ``feed`` is a ``ClientHandshake``'s or ``ServerHandshake``'s ``receive_data``:
     it gets ``b""`` at end of file, and raises InvalidHandshake when it must.
+
+    ``sent=True`` says the peer has most likely sent already (a server reading the
+    request of a client it just accepted): on a plain trio socket, a non-blocking
+    read comes first, which finds it there without trio's wait-and-retry
+    machinery and its round trip through the scheduler. Anything else (nothing
+    there yet, an error) goes through the stream as usual.
     """
+    sock = _raw_trio_socket(stream) if sent else None
     while True:
-        try:
-            data = await stream.receive(65536)
-        except anyio.EndOfStream:
-            data = b""
+        data: bytes | None = None
+        if sock is not None:
+            try:
+                data = sock.recv(65536)
+            except OSError:  # nothing yet, or an error the stream will raise properly
+                data = None
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
+        if data is None:
+            try:
+                data = await stream.receive(65536)
+            except anyio.EndOfStream:
+                data = b""
         result = feed(data)
         if result is not None:
             return result
+
+
+async def send_all(stream: anyio.abc.ByteStream, data: bytes) -> None:
+    """``stream.send(data)``, straight to the kernel when it takes it all at once.
+
+    On a plain trio socket a non-blocking ``send`` usually takes a handshake
+    response whole, without trio's wait-and-retry machinery and its round trip
+    through the scheduler; what it doesn't take, and any other stream, goes
+    through ``stream.send``.
+    """
+    sock = _raw_trio_socket(stream)
+    if sock is not None:
+        try:
+            sent = sock.send(data)
+        except OSError:  # the kernel's buffer is full, or an error stream.send will raise
+            sent = 0
+        if sent == len(data):
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
+        data = data[sent:]
+    await stream.send(data)
 
 
 def _water_marks(limit: WaterMarks, default_low_ratio: int = 4) -> tuple[int, int]:
@@ -673,7 +712,9 @@ class Connection:
                     self._complete += 1
             elif type(event) is Pong:
                 self._pong_received(event.payload)
-        if self._message_arrived is not None:
+        if self._message_arrived is not None and messages:
+            # (Only with something to take: a read with just a ping or the peer's
+            # close frame would wake recv() to wait again.)
             self._message_arrived.set()
 
     def _queued(self) -> int:
@@ -1236,8 +1277,11 @@ class _Running:
         task_group = connection._task_group
         error = exc  # what the task group is told of: the body's exception, or close()'s
         try:
-            with connection._backend.CancelScope(shield=True):
-                await connection.close()
+            if connection._closed.is_set():
+                await connection.close()  # returns at once, without a checkpoint to shield
+            else:
+                with connection._backend.CancelScope(shield=True):
+                    await connection.close()
         except BaseException as close_error:
             error = close_error
         connection._task_group = None  # from now on, tasks start cancelled

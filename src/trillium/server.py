@@ -50,6 +50,7 @@ from .connection import (
     _water_marks,
     accept_forever,
     read_handshake,
+    send_all,
 )
 from .core.close import CloseCode
 from .core.deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
@@ -295,7 +296,9 @@ class WebSocketServer:
     async def _handshake(self, connection: ServerConnection) -> Protocol | None:
         """Run the opening handshake within ``open_timeout``; None if it was refused."""
         timeout = self.open_timeout if self.open_timeout is not None else float("inf")
-        with anyio.fail_after(timeout):
+        # The backend's move_on_after, then TimeoutError as anyio.fail_after raises it:
+        # fail_after wraps trio's scope in anyio's, a tenth of a handshake's cost.
+        with connection._backend.move_on_after(timeout):
             if self.ssl is not None:
                 connection.stream = await TLSStream.wrap(
                     connection.stream,
@@ -306,7 +309,7 @@ class WebSocketServer:
             stream = connection.stream
             handshake = ServerHandshake(max_header_size=self.max_header_size)
             try:
-                request = await read_handshake(stream, handshake.receive_data)
+                request = await read_handshake(stream, handshake.receive_data, sent=True)
             except InvalidHandshake as exc:
                 # A well-formed HTTP request that isn't an upgrade (a health check, a
                 # page) still goes to process_request, which may answer it, as in
@@ -331,7 +334,7 @@ class WebSocketServer:
                 if replaced is not None:
                     response = replaced
             connection.response = response
-            await stream.send(serialize_response(response))
+            await send_all(stream, serialize_response(response))
             if response.status_code != 101:
                 self.logger.info("rejected connection: HTTP %d", response.status_code)
                 return None
@@ -347,6 +350,7 @@ class WebSocketServer:
             # Frames the client sent right behind its request go to the reader first.
             connection.initial_data = handshake.trailing_data
             return protocol
+        raise TimeoutError  # open_timeout ran out (every other way out returns)
 
     async def _process_request(
         self, connection: ServerConnection, handshake: ServerHandshake

@@ -423,18 +423,20 @@ class ServerHandshake:
             raise InvalidHandshake(
                 f"WebSocket upgrade needs HTTP/1.1, not {request.http_version}", 400
             )
-        if len(headers.get_all("Host")) != 1:
+        # Straight from the index by lowercased name: no lowercasing and no copy per
+        # lookup, on every handshake.
+        fields = headers._lookup().get
+        if len(fields("host", ())) != 1:
             raise _bad_header("Host", headers)
-        if "websocket" not in parse_tokens(headers.get_all("Upgrade")):
+        if "websocket" not in parse_tokens(fields("upgrade", ())):
             raise _bad_header("Upgrade", headers)
-        if "upgrade" not in parse_tokens(headers.get_all("Connection")):
+        if "upgrade" not in parse_tokens(fields("connection", ())):
             raise _bad_header("Connection", headers)
-        versions = headers.get_all("Sec-WebSocket-Version")
-        if versions != ["13"]:
+        if fields("sec-websocket-version") != ["13"]:
             exc = _bad_header("Sec-WebSocket-Version", headers)
             exc.status_code = 426
             raise exc
-        keys = headers.get_all("Sec-WebSocket-Key")
+        keys = fields("sec-websocket-key", ())
         if len(keys) != 1:
             raise _bad_header("Sec-WebSocket-Key", headers)
         try:
@@ -541,13 +543,21 @@ def _bad_header(name: str, headers: Headers) -> InvalidHeader:
     return exc
 
 
+_FORBIDDEN = re.compile("[\r\n\0]")
+
+
 def serialize_response(response: Response) -> bytes:
     """Serialize a complete response head and body (any status code, any headers)."""
+    items = response.headers.raw_items()
+    # One search over every name and value at once; the loop only runs to say which.
+    if _FORBIDDEN.search("".join([text for item in items for text in item])) or not all(
+        name for name, _ in items
+    ):
+        for name, value in items:
+            if _FORBIDDEN.search(name + value) or not name:
+                raise ValueError(f"invalid header field {name!r}: {value!r}")
     lines = [f"HTTP/1.1 {response.status_code} {response.reason_phrase}".rstrip()]
-    for name, value in response.headers.raw_items():
-        if any(c in name + value for c in "\r\n\0") or not name:
-            raise ValueError(f"invalid header field {name!r}: {value!r}")
-        lines.append(f"{name}: {value}")
+    lines += [f"{name}: {value}" for name, value in items]
     head = "\r\n".join(lines) + "\r\n\r\n"
     return head.encode("latin-1") + response.body
 

@@ -58,6 +58,13 @@ class Headers(MutableMapping[str, str]):
 
     def update(self, items: HeadersLike | None = None, /, **kwargs: str) -> None:  # type: ignore[override]
         """Append every field of ``items`` (a mapping or (name, value) pairs)."""
+        if type(items) is list and self._index is None:
+            # The common case, a list of pairs (the handshake's own responses), without
+            # the Mapping check (an ABC isinstance) or a call per field.
+            fields = self._fields
+            for name, value in items:
+                fields += (name, value)
+            items = None
         if isinstance(items, Headers):
             pairs: Iterable[tuple[str, str]] = items.raw_items()  # keep the original case
         elif isinstance(items, Mapping):
@@ -95,6 +102,13 @@ class Headers(MutableMapping[str, str]):
         values = self._lookup().get(name.lower())
         if not values:
             raise KeyError(name)
+        return values[0] if len(values) == 1 else ", ".join(values)
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        """``h[name]``, or ``default`` when absent (without raising KeyError first)."""
+        values = self._lookup().get(name.lower())
+        if not values:
+            return default
         return values[0] if len(values) == 1 else ", ".join(values)
 
     def __setitem__(self, name: str, value: str) -> None:
