@@ -692,8 +692,14 @@ class Connection:
                                     break
                         break
             finally:
-                with self._backend.CancelScope(shield=True):
+                if direct is not None and not self._out_size:
+                    # A plain socket with nothing left to send closes at once; only a
+                    # checkpoint follows, so there is nothing to shield (and a scope
+                    # costs as much as a tenth of a short connection's handshake).
                     await self._close_transport()
+                else:
+                    with self._backend.CancelScope(shield=True):
+                        await self._close_transport()
 
     def _received(self, events: list[Event]) -> None:
         """Queue the messages parsed from one read for ``recv()``, all in one pass;
@@ -903,16 +909,18 @@ class Connection:
     async def _close_transport(self) -> None:
         """Flush what is queued (at most close_timeout), close the stream, wake everyone."""
         if not self._closed.is_set():
-            if self._out_size:
-                with self._backend.move_on_after(self._close_wait()):
-                    await self._flush()
-            await self._abort()
-            self._closed.set()
-            if self._message_arrived is not None:
-                self._message_arrived.set()
-            self._wake_senders()
-            for _, event in (self._pings or {}).values():
-                event.set()
+            try:
+                if self._out_size:
+                    with self._backend.move_on_after(self._close_wait()):
+                        await self._flush()
+                await self._abort()
+            finally:  # even if cancelled at the stream's last checkpoint
+                self._closed.set()
+                if self._message_arrived is not None:
+                    self._message_arrived.set()
+                self._wake_senders()
+                for _, event in (self._pings or {}).values():
+                    event.set()
 
     async def _abort(self) -> None:
         self._transport_closing = True

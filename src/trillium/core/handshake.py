@@ -82,7 +82,7 @@ def generate_key() -> str:
 def accept_key(key: str) -> str:
     """The Sec-WebSocket-Accept value for a key: base64(SHA-1(key + GUID)) (§4.2.2)."""
     digest = hashlib.sha1((key + GUID).encode("ascii")).digest()
-    return base64.b64encode(digest).decode("ascii")
+    return binascii.b2a_base64(digest, newline=False).decode("ascii")
 
 
 @dataclass
@@ -192,6 +192,11 @@ _COMMON = {
 }
 
 
+#: A Sec-WebSocket-Key: 16 bytes in base64 (§4.1), exactly what
+#: ``len(base64.b64decode(key, validate=True)) == 16`` accepts, in one regex match.
+_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
+
+
 def parse_request_head(head: bytes) -> Request:
     """Parse an HTTP/1.1 request head (without its final empty line) into a Request.
 
@@ -207,16 +212,16 @@ def parse_request_head(head: bytes) -> Request:
         raise InvalidHandshake(f"malformed request line: {lines[0][:100]!r}", 400)
     method, target, version = match.groups()
     common = _COMMON.get
-    headers = Headers()
+    fields: list[str] = []
     for line in lines[1:]:
         field = _FIELD.fullmatch(line)
         if field is None:
             raise InvalidHandshake(f"malformed header line: {line[:100]!r}", 400)
         name, value = field.groups()
-        headers[common(name) or name.decode("ascii")] = common(value) or value.decode("latin-1")
+        fields += (common(name) or name.decode("ascii"), common(value) or value.decode("latin-1"))
     return Request(
         common(target) or target.decode("latin-1"),
-        headers,
+        Headers._from_fields(fields),
         common(method) or method.decode("ascii"),
         common(version) or version.decode("ascii"),
     )
@@ -437,13 +442,7 @@ class ServerHandshake:
             exc.status_code = 426
             raise exc
         keys = fields("sec-websocket-key", ())
-        if len(keys) != 1:
-            raise _bad_header("Sec-WebSocket-Key", headers)
-        try:
-            raw = base64.b64decode(keys[0].encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError):
-            raw = b""
-        if len(raw) != 16:
+        if len(keys) != 1 or _KEY.fullmatch(keys[0]) is None:
             raise _bad_header("Sec-WebSocket-Key", headers)
         try:
             request.extensions  # noqa: B018 - parse now so a malformed header fails here
@@ -481,12 +480,13 @@ class ServerHandshake:
         """
         if subprotocol is not None and subprotocol not in request.subprotocols:
             raise NegotiationError(f"subprotocol {subprotocol!r} was not offered by the client")
-        assert request.key is not None
+        key = request.key
+        assert key is not None
         response_headers = Headers(
             [
                 ("Upgrade", "websocket"),
                 ("Connection", "Upgrade"),
-                ("Sec-WebSocket-Accept", accept_key(request.key)),
+                ("Sec-WebSocket-Accept", accept_key(key)),
             ]
         )
         if subprotocol is not None:

@@ -58,13 +58,13 @@ class Headers(MutableMapping[str, str]):
 
     def update(self, items: HeadersLike | None = None, /, **kwargs: str) -> None:  # type: ignore[override]
         """Append every field of ``items`` (a mapping or (name, value) pairs)."""
-        if type(items) is list and self._index is None:
+        if type(items) is list and self._index is None and not kwargs:
             # The common case, a list of pairs (the handshake's own responses), without
-            # the Mapping check (an ABC isinstance) or a call per field.
+            # the Headers and Mapping checks (ABC isinstance calls) or a call per field.
             fields = self._fields
             for name, value in items:
                 fields += (name, value)
-            items = None
+            return
         if isinstance(items, Headers):
             pairs: Iterable[tuple[str, str]] = items.raw_items()  # keep the original case
         elif isinstance(items, Mapping):
@@ -75,6 +75,13 @@ class Headers(MutableMapping[str, str]):
             self[name] = value
         for name, value in kwargs.items():
             self[name] = value
+
+    @classmethod
+    def _from_fields(cls, fields: list[str]) -> Headers:
+        """Headers over ``fields`` (name, value, name, value, ...), taken as they are."""
+        headers = cls()
+        headers._fields = fields
+        return headers
 
     def _lookup(self) -> dict[str, list[str]]:
         """The index by lowercased name, built now if it isn't yet."""
