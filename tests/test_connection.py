@@ -28,7 +28,9 @@ from trillium import (
     PayloadTooBig,
     State,
 )
+from trillium.connection import Connection
 from trillium.core.frames import FrameParser, Opcode, serialize_frame
+from trillium.core.protocol import SERVER, Protocol
 
 from ._support import (
     TEST_TIMEOUT,
@@ -322,6 +324,20 @@ async def test_recv_inside_async_for_still_raises_connection_closed_ok() -> None
             assert [message async for message in ws] == []
             with pytest.raises(ConnectionClosedOK):
                 await ws.recv()
+
+
+async def test_closed_normally_agrees_with_the_protocols_close_exception() -> None:
+    """``async for`` decides how a connection ended without building the exception;
+    it must decide as Protocol.close_exception does, for every pair of close frames."""
+    frames = [None, *(Close(code, "") for code in (1000, 1001, 1002, 1005, 1011, 3000, 4000))]
+    connection = Connection(None)  # type: ignore[arg-type]  # no stream needed
+    assert not connection._closed_normally()  # never opened
+    connection.protocol = protocol = Protocol(SERVER)
+    for rcvd in frames:
+        for sent in frames:
+            protocol.close_rcvd, protocol.close_sent = rcvd, sent
+            expected = isinstance(protocol.close_exception(), ConnectionClosedOK)
+            assert connection._closed_normally() is expected, (rcvd, sent)
 
 
 async def test_async_for_raises_connection_closed_error_on_error_closure() -> None:

@@ -54,7 +54,6 @@ from .exceptions import (
     ConcurrencyError,
     ConnectionClosed,
     ConnectionClosedError,
-    ConnectionClosedOK,
     ProtocolError,
 )
 
@@ -82,6 +81,11 @@ _WAIT_ERRORS = (OSError, trio.ClosedResourceError, ValueError)
 #: An empty receive queue (see ``Connection.__init__``): an empty tuple, so ``len()``
 #: and truth tests work and appending to it by mistake fails loudly.
 _NO_MESSAGES: Any = ()
+
+#: Close codes of a normal closure (see ``Connection._closed_normally``).
+_NORMAL_CLOSE_CODES = frozenset(
+    {CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD}
+)
 
 #: What ``Connection._shielded`` gives when the task group already shields the tasks.
 _UNSCOPED = nullcontext()
@@ -951,10 +955,9 @@ class Connection:
             try:
                 while not self._complete:
                     if self._closed.is_set():
-                        exc = self._closed_exception()
-                        if iterating and isinstance(exc, ConnectionClosedOK):
+                        if iterating and self._closed_normally():
                             raise StopAsyncIteration
-                        raise exc
+                        raise self._closed_exception()
                     self._message_arrived = self._backend.Event()
                     await self._message_arrived.wait()
             finally:
@@ -1228,6 +1231,25 @@ class Connection:
     async def wait_closed(self) -> None:
         """Wait until the connection is closed (for whatever reason)."""
         await self._closed.wait()
+
+    def _closed_normally(self) -> bool:
+        """Whether ``_closed_exception()`` is a ConnectionClosedOK, without making it.
+
+        It decides as ``Protocol.close_exception`` does (close frames both ways, each
+        1000, 1001 or without a code): ``async for`` asks at the end of every
+        connection, and the exception, its message formatted, would be thrown away.
+        tests/test_connection.py checks that the two agree.
+        """
+        protocol = self.protocol
+        if protocol is None:
+            return False
+        rcvd, sent = protocol.close_rcvd, protocol.close_sent
+        return (
+            rcvd is not None
+            and sent is not None
+            and rcvd.code in _NORMAL_CLOSE_CODES
+            and sent.code in _NORMAL_CLOSE_CODES
+        )
 
     def _closed_exception(self) -> ConnectionClosed:
         protocol = self.protocol

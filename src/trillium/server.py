@@ -377,16 +377,17 @@ class WebSocketServer:
             return handshake.reject_response(
                 403, body=b"Failed to open a WebSocket connection: origin not allowed.\n"
             )
-        rejection = await self._process_request(connection, handshake)
-        if rejection is not None:
-            return rejection
-        offered = request.subprotocols
+        if self.process_request is not None:
+            rejection = await self._process_request(connection, handshake)
+            if rejection is not None:
+                return rejection
         subprotocol: str | None = None
         if self.select_subprotocol is not None:
+            offered = request.subprotocols
             subprotocol = self.select_subprotocol(connection, offered)
             if subprotocol is not None and subprotocol not in offered:
                 raise InvalidHandshake(f"select_subprotocol chose unoffered {subprotocol!r}")
-        elif self.subprotocols and offered:
+        elif self.subprotocols and (offered := request.subprotocols):
             for candidate in offered:
                 if candidate in self.subprotocols:
                     subprotocol = candidate
