@@ -837,6 +837,8 @@ class Connection:
                 if sent < len(pending):
                     out.append(pending[sent:])
             if not out:
+                if self._write_drained is not None:
+                    self._wake_senders()  # a close may be waiting for what just went out
                 return
         self._start_writer()
 

@@ -459,6 +459,24 @@ class _ThreadedConnection(Connection):
         else:
             self.token.run_sync_soon(super()._start_writer)
 
+    def _wake_senders(self) -> None:
+        if threading.get_ident() == self._trio_thread_id:
+            super()._wake_senders()
+        else:
+            self.token.run_sync_soon(super()._wake_senders)
+
+    async def _flush(self) -> None:
+        # The base's loop, with its check under the lock: a caller's write may be
+        # half done (sent, not yet counted), and would then wake nobody.
+        while True:
+            with self.lock:
+                if self._out_size <= 0 or self._writer_done:
+                    return
+                if self._write_drained is None:
+                    self._write_drained = self._backend.Event()
+                drained = self._write_drained
+            await drained.wait()
+
     # ------------------------------------------------------------ the trio thread
 
     def _make_receive(self) -> Callable[[int], Awaitable[bytes]]:
