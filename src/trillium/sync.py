@@ -35,11 +35,13 @@ with ``sys.modules["simple_websocket"] = trillium``)::
 How it runs: one trio thread per process, started on first use and stopped at
 interpreter exit (open connections are closed with 1001 then), runs every connection
 on the same connection manager as the trio face. The per-message path stays in your
-thread: the connection's reader puts complete messages into a thread-safe queue that
-``receive()`` reads, and ``send()`` encodes the message and writes it to the socket
-itself (a lock keeps its frames whole and in order with the trio thread's pongs and
-close frames). Sends in a tight loop are batched instead, for the trio thread to
-write in one system call. ``send()`` only waits when more than ``write_limit``
+thread: while you keep receiving, ``receive()`` reads and parses the socket itself
+(otherwise the connection's reader puts complete messages into a thread-safe queue
+that ``receive()`` reads), and ``send()`` encodes the message and writes it to the
+socket itself (a lock keeps its frames whole and in order with the trio thread's
+pongs and close frames), so a request and its response need no thread switch.
+Sends in a tight loop are batched instead, for the trio thread to write in one
+system call. ``send()`` only waits when more than ``write_limit``
 bytes are already waiting to go out, until there is room. A blocking
 ``receive()`` is interrupted by Ctrl-C like any blocking call. The same calls work
 in a Jupyter kernel, whose main thread runs an asyncio loop of its own.
@@ -53,8 +55,8 @@ front of it).
 
 Under Eventlet or gevent (``gunicorn -k gevent``, ``-k eventlet``, their own WSGI
 servers, or any monkey-patched process), the trio thread is still a real OS thread,
-and a greenlet that waits, for it (``receive()``, ``close()``, a handshake, a full
-send buffer) or for the socket it reads itself, is parked in its hub, so the other
+and a greenlet that waits for it (``receive()``, ``close()``, a handshake, a full
+send buffer) or for the socket it reads itself is parked in its hub, so the other
 greenlets run meanwhile; the trio thread wakes it through the hub. Import trillium
 after the monkey patching, as both libraries ask, and before anything else that
 imports trio. See ``trillium._green``.
