@@ -528,6 +528,13 @@ class _ThreadedConnection(Connection):
         if self._handback is not None:
             self._handback.set()
 
+    async def _wait_for_room(self) -> None:
+        # A caller waiting to send isn't receiving: the reader task takes the socket
+        # at once, or the peer, blocked writing to us, may never read what we send.
+        self._caller_active_at = 0.0
+        self._wake_reader()
+        await super()._wait_for_room()
+
     def _revoke(self) -> None:
         """The trio thread takes the socket back for good (closing, failing)."""
         with self.lock:  # no caller is parsing after this, and none starts
@@ -636,15 +643,6 @@ class _SyncBase(SimpleConnection):
         if self._taken is not None:
             self._taken.shutdown()
 
-    async def _wait_for_room(self) -> None:
-        connection = self._connection
-        assert connection is not None
-        # The caller waits to send, not to receive: the reader task takes the socket
-        # at once, or the peer, blocked writing to us, may never read what we send.
-        connection._caller_active_at = 0.0
-        connection._wake_reader()
-        await connection._wait_for_room()
-
     def _closed_exception(self) -> ConnectionClosed:
         exc = self._closed_exc
         if exc is None:
@@ -689,8 +687,8 @@ class _SyncBase(SimpleConnection):
         ``str(data)``) as text. Raises ``ConnectionClosed`` once the connection is
         closing or closed.
 
-        Returns as soon as the message is handed over, unless ``write_limit`` bytes
-        already wait to be sent: then it waits until there is room.
+        Returns once the message is written to the socket or queued for it, unless
+        ``write_limit`` bytes already wait to be sent: then it waits until there is room.
         """
         message = to_message(data)
         connection = self._connection
@@ -699,7 +697,7 @@ class _SyncBase(SimpleConnection):
             if connection._out_size > connection._write_high:
                 # Too much is waiting to go out: wait in the trio thread until the
                 # backlog is down to a quarter.
-                _green.call(self._thread, self._wait_for_room)
+                _green.call(self._thread, connection._wait_for_room)
             connection.send_now(message)
             return
         except ConnectionClosed:
