@@ -120,14 +120,16 @@ class _TrioSocketWriter:
     def __init__(self, sock: Any) -> None:
         self._sock = sock
 
-    def __call__(self, data: bytes) -> int:
+    def __call__(self, data: bytes | memoryview) -> int:
         try:
             return int(self._sock.send(data))
         except OSError:  # BlockingIOError, or an error the writer will meet again
             return 0
 
 
-def _direct_writer(stream: anyio.abc.ByteStream, high: int) -> Callable[[bytes], int] | None:
+def _direct_writer(
+    stream: anyio.abc.ByteStream, high: int
+) -> Callable[[bytes | memoryview], int] | None:
     """A synchronous ``write(data) -> bytes taken`` straight to the kernel, if there is one.
 
     On a plain trio socket stream: a non-blocking ``send`` on the raw socket (see
@@ -145,7 +147,7 @@ def _direct_writer(stream: anyio.abc.ByteStream, high: int) -> Callable[[bytes],
         transport, asyncio.WriteTransport
     ):
 
-        def write_now(data: bytes) -> int:
+        def write_now(data: bytes | memoryview) -> int:
             if transport.is_closing() or transport.get_write_buffer_size() > high:
                 return 0  # let the writer wait for the transport to drain
             transport.write(data)
@@ -504,10 +506,10 @@ class Connection:
         self._receiving = False
         self._iterating = False  # set by __anext__ for the recv() it returns
         # Outgoing bytes waiting for the writer.
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._out_size = 0
         self._writing = False
-        self._write_now: Callable[[bytes], int] | None = None  # set by _running
+        self._write_now: Callable[[bytes | memoryview], int] | None = None  # set by _running
         self._read_now: Callable[[int], Awaitable[bytes]] | None = None  # set by _running
         self._sends_since_yield = 0
         self._writer_wakeup: anyio.Event | None = None
@@ -770,7 +772,8 @@ class Connection:
                         continue
                     data = self._take_out()
                     try:
-                        await stream.send(data)
+                        # anyio's streams take any buffer, though typed for bytes.
+                        await stream.send(data)  # type: ignore[arg-type]
                     except _STREAM_ERRORS as exc:
                         self._writing = False
                         if not self._transport_closing:
@@ -791,7 +794,7 @@ class Connection:
                 with self._backend.CancelScope(shield=True):
                     await self._abort()
 
-    def _take_out(self) -> bytes:
+    def _take_out(self) -> bytes | memoryview:
         """For the writer: everything queued, as one write (``_writing`` from now on)."""
         out = self._out
         data = b"".join(out) if len(out) > 1 else out[0]
@@ -835,7 +838,8 @@ class Connection:
                 self._out_size -= sent
                 out.clear()
                 if sent < len(pending):
-                    out.append(pending[sent:])
+                    # A view, not a slice: the rest of a big message is not copied.
+                    out.append(memoryview(pending)[sent:])
             if not out:
                 if self._write_drained is not None:
                     self._wake_senders()  # a close may be waiting for what just went out

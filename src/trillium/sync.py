@@ -571,7 +571,7 @@ class _ThreadedConnection(Connection):
     def _queue_full(self) -> bool:  # all complete messages
         return len(self._undelivered) + self.inbox.qsize() >= self._queue_high
 
-    def _take_out(self) -> bytes:
+    def _take_out(self) -> bytes | memoryview:
         with self.lock:
             return super()._take_out()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import struct
 import sys
 import threading
@@ -94,6 +95,66 @@ def test_parser_waits_for_the_whole_frame() -> None:
     parser.feed(data[-1:])
     assert parser.next_frame() == Frame(Opcode.TEXT, b"x" * 300, True, 0)
     assert parser.next_frame() is None
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("chunk", [1000, 4096, 65536, 300_001])
+def test_parser_reassembles_big_frames_split_across_reads(masked: bool, chunk: int) -> None:
+    """RFC 6455 §5.2: a frame longer than one read, its header split too, then more frames.
+
+    Big payloads are collected read by read (frames.COLLECT_ABOVE): the frame after
+    a big one starts inside the read that ends it, and must come out whole.
+    """
+    big = os.urandom(frames.COLLECT_ABOVE * 20 + 3)
+    wire = (
+        serialize_frame(Opcode.BINARY, big, mask=masked)
+        + serialize_frame(Opcode.TEXT, b"after", mask=masked)
+        + serialize_frame(Opcode.BINARY, big[::-1], mask=masked, fin=False)
+        + serialize_frame(Opcode.PING, b"p", mask=masked)
+    )
+    parser = FrameParser(expect_masked=masked)
+    got = []
+    for i in range(0, len(wire), chunk):
+        parser.feed(wire[i : i + chunk])
+        while (frame := parser.next_frame()) is not None:
+            got.append(frame)
+    assert got == [
+        Frame(Opcode.BINARY, big, True, 0),
+        Frame(Opcode.TEXT, b"after", True, 0),
+        Frame(Opcode.BINARY, big[::-1], False, 0),
+        Frame(Opcode.PING, b"p", True, 0),
+    ]
+    assert parser.buffered == 0
+
+
+def test_parser_keeps_what_was_fed_past_a_big_frame_over_several_feeds() -> None:
+    """RFC 6455 §5.2: bytes fed after a big frame completes, before it is parsed, are kept."""
+    big = b"x" * (frames.COLLECT_ABOVE * 2)
+    wire = serialize_frame(Opcode.BINARY, big, mask=False)
+    tail = serialize_frame(Opcode.TEXT, b"one", mask=False)
+    tail += serialize_frame(Opcode.TEXT, b"two", mask=False)
+    parser = FrameParser(expect_masked=False)
+    parser.feed(wire[:100])
+    assert parser.next_frame() is None  # the header is read: collecting from here
+    assert parser.buffered == 100 - 4
+    parser.feed(wire[100:] + tail[:2])
+    parser.feed(tail[2:7])
+    parser.feed(tail[7:])
+    assert parser.buffered == len(wire) - 4 + len(tail)
+    assert parser.next_frame() == Frame(Opcode.BINARY, big, True, 0)
+    assert parser.next_frame() == Frame(Opcode.TEXT, b"one", True, 0)
+    assert parser.next_frame() == Frame(Opcode.TEXT, b"two", True, 0)
+    assert parser.next_frame() is None
+
+
+def test_parser_refuses_a_big_frame_over_limit_before_collecting_it() -> None:
+    """RFC 6455 §10.4: the limit applies to the header of a frame that would be collected."""
+    parser = FrameParser(expect_masked=True)
+    head = raw_frame(Opcode.BINARY, mask=True, length=10 * frames.COLLECT_ABOVE) + bytes(100)
+    parser.feed(head)
+    with pytest.raises(PayloadTooBig):
+        parser.next_frame(max_payload=10 * frames.COLLECT_ABOVE - 1)
+    assert parser.buffered == len(head)  # nothing was set aside to collect
 
 
 def test_parser_returns_every_frame_of_one_chunk() -> None:

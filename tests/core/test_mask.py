@@ -78,3 +78,22 @@ def test_wrong_length_mask_raises_value_error(impl, key: bytes, data: bytes) -> 
     """RFC 6455 §5.3: the masking key is exactly 4 bytes."""
     with pytest.raises(ValueError, match="4 bytes"):
         impl(data, key)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("n", [0, 3, 16, 17, 70_000])
+@pytest.mark.parametrize("prefix", [b"", b"\x82\x7e\x00\x11", bytearray(b"head+key")])
+def test_prefix_is_copied_in_front_of_the_masked_bytes(impl, n: int, prefix: bytes) -> None:  # type: ignore[no-untyped-def]
+    """RFC 6455 §5.3: a client's frame (header, key, masked payload) built in one call;
+    the prefix is copied as it is, the payload masked from its first byte."""
+    data = bytes(range(256)) * (n // 256) + bytes(n % 256)
+    framed = impl(memoryview(data), KEY, prefix)
+    assert type(framed) is bytes
+    assert framed == bytes(prefix) + reference(data, KEY)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_wrong_length_mask_raises_value_error_with_a_prefix(impl) -> None:  # type: ignore[no-untyped-def]
+    """RFC 6455 §5.3: the key is checked whatever else is passed."""
+    with pytest.raises(ValueError, match="4 bytes"):
+        impl(b"data", b"abc", b"prefix")

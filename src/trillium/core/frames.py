@@ -128,8 +128,64 @@ def serialize_frame(
         header = _H64.pack(b0, m | 127, n)
     if mask:
         key = mask_keys.next()
-        return b"".join((header, key, apply_mask(payload, key)))
+        return apply_mask(payload, key, header + key)  # the frame in one allocation
     return header + payload
+
+
+#: An incomplete frame whose payload is at least this long is collected as a list
+#: of the chunks read (see ``_Collecting``) rather than grown in one buffer.
+COLLECT_ABOVE = 16384
+
+
+class _Collecting:
+    """A big frame whose header is parsed and whose payload is still arriving.
+
+    Growing one buffer read by read copies the payload again at every reallocation,
+    and slicing the frame out of it copies it once more; for a 1 MiB message that
+    was several megabytes of copying (and as many fresh pages to fault in) per
+    message. Keeping the chunks as they were read and joining them once the last
+    one is in costs a single copy (two when the payload must be unmasked).
+    """
+
+    __slots__ = ("fin", "key", "missing", "opcode", "parts", "rsv")
+
+    def __init__(
+        self,
+        opcode: Opcode,
+        fin: bool,
+        rsv: int,
+        key: bytes | None,
+        first: bytes | memoryview,
+        missing: int,
+    ) -> None:
+        self.opcode = opcode
+        self.fin = fin
+        self.rsv = rsv
+        self.key = key
+        self.parts: list[bytes | memoryview] = [first]
+        self.missing = missing  # payload bytes still to come; negative: read past the end
+
+    def frame(self) -> tuple[Frame, bytes]:
+        """The whole frame, and the bytes read past its end (the next frames')."""
+        parts = self.parts
+        after: list[bytes | memoryview] = []  # what was fed past the end, last first
+        extra = -self.missing
+        while extra > 0:
+            last = parts.pop()
+            if len(last) <= extra:
+                after.append(last)
+                extra -= len(last)
+            else:
+                cut = len(last) - extra
+                after.append(last[cut:])
+                parts.append(memoryview(last)[:cut])
+                extra = 0
+        after.reverse()
+        rest = b"".join(after)
+        payload = b"".join(parts)
+        if self.key is not None:
+            payload = apply_mask(payload, self.key)
+        return Frame(self.opcode, payload, self.fin, self.rsv), rest
 
 
 class FrameParser:
@@ -144,23 +200,32 @@ class FrameParser:
     extensions claim; any other RSV bit fails the connection (§5.2).
     """
 
-    __slots__ = ("_buf", "_pos", "allowed_rsv", "expect_masked")
+    __slots__ = ("_buf", "_collecting", "_pos", "allowed_rsv", "expect_masked")
 
     def __init__(self, *, expect_masked: bool, allowed_rsv: int = 0) -> None:
         self.expect_masked = expect_masked
         self.allowed_rsv = allowed_rsv
         self._buf: bytes | bytearray = b""
         self._pos = 0
+        self._collecting: _Collecting | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet parsed into a frame."""
-        return len(self._buf) - self._pos
+        buffered = len(self._buf) - self._pos
+        if self._collecting is not None:
+            buffered += sum(map(len, self._collecting.parts))
+        return buffered
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes. A fully consumed buffer is replaced, not copied."""
         if type(data) is not bytes:
             data = bytes(data)  # never alias a buffer the caller may reuse
+        collecting = self._collecting
+        if collecting is not None:
+            collecting.parts.append(data)
+            collecting.missing -= len(data)
+            return
         buf = self._buf
         if self._pos >= len(buf):
             self._buf = data
@@ -177,6 +242,13 @@ class FrameParser:
         Raises ProtocolError (1002) for malformed frames and PayloadTooBig (1009) for a
         data frame payload over ``max_payload`` bytes.
         """
+        if self._collecting is not None:
+            if self._collecting.missing > 0:
+                return None
+            frame, self._buf = self._collecting.frame()
+            self._pos = 0
+            self._collecting = None
+            return frame
         buf = self._buf
         pos = self._pos
         avail = len(buf) - pos
@@ -225,24 +297,37 @@ class FrameParser:
         if length > max_payload and opcode < 0x8:
             raise PayloadTooBig(f"frame of {length} bytes exceeds the limit of {max_payload} bytes")
 
+        key = None
         if masked:
-            end = offset + 4 + length
-            if end - pos > avail:
+            if offset + 4 - pos > avail:
                 return None
-            key = buf[offset : offset + 4]
-            if isinstance(buf, bytes):
-                payload = apply_mask(buf[offset + 4 : end], key)
+            key = bytes(buf[offset : offset + 4])
+            offset += 4
+        end = offset + length
+        if end - pos > avail:
+            if length >= COLLECT_ABOVE:
+                self._collect(op, bool(fin), rsv, key, offset, end)
+            return None
+        if key is not None:
+            if isinstance(buf, bytes) and length < COLLECT_ABOVE:
+                payload = apply_mask(buf[offset:end], key)
             else:
                 with memoryview(buf) as view:
-                    payload = apply_mask(view[offset + 4 : end], bytes(key))
+                    payload = apply_mask(view[offset:end], key)
+        elif isinstance(buf, bytes):
+            payload = buf[offset:end]
         else:
-            end = offset + length
-            if end - pos > avail:
-                return None
-            if isinstance(buf, bytes):
-                payload = buf[offset:end]
-            else:
-                with memoryview(buf) as view:
-                    payload = bytes(view[offset:end])
+            with memoryview(buf) as view:
+                payload = bytes(view[offset:end])
         self._pos = end
         return Frame(op, payload, bool(fin), rsv)
+
+    def _collect(
+        self, opcode: Opcode, fin: bool, rsv: int, key: bytes | None, offset: int, end: int
+    ) -> None:
+        """Start collecting a big frame's payload chunk by chunk (see ``_Collecting``)."""
+        buf = self._buf
+        first = memoryview(buf)[offset:] if isinstance(buf, bytes) else bytes(buf[offset:])
+        self._collecting = _Collecting(opcode, fin, rsv, key, first, end - len(buf))
+        self._buf = b""
+        self._pos = 0

@@ -10,29 +10,40 @@ integer, which is about 50 times slower at 1 MiB but has no per-byte Python loop
     b'\\x7f\\x9fMQX'
     >>> apply_mask(apply_mask(b"Hello", b"abcd"), b"abcd")
     b'Hello'
+    >>> apply_mask(b"Hello", b"\\x37\\xfa\\x21\\x3d", b"head:")
+    b'head:\\x7f\\x9fMQX'
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 __all__ = ["ACCELERATED", "apply_mask", "py_apply_mask"]
 
 Buffer = bytes | bytearray | memoryview
 
 
-def py_apply_mask(data: Buffer, mask: Buffer) -> bytes:
-    """XOR ``data`` with ``mask`` repeated, in pure Python (one big-integer XOR)."""
+def py_apply_mask(data: Buffer, mask: Buffer, prefix: Buffer = b"", /) -> bytes:
+    """XOR ``data`` with ``mask`` repeated, in pure Python (one big-integer XOR).
+
+    ``prefix`` is put in front of the result: a client's frame header and key go
+    there, so that the compiled version builds the whole frame in one allocation.
+    """
     if len(mask) != 4:
         raise ValueError("mask must be 4 bytes")
     n = len(data)
     if n == 0:
-        return b""
+        return bytes(prefix)
     key = (bytes(mask) * ((n >> 2) + 1))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+    masked = int.from_bytes(data, "little") ^ int.from_bytes(key, "little")
+    return bytes(prefix) + masked.to_bytes(n, "little")
 
 
-apply_mask: Callable[[Buffer, Buffer], bytes]
+class _ApplyMask(Protocol):
+    def __call__(self, data: Buffer, mask: Buffer, prefix: Buffer = ..., /) -> bytes: ...
+
+
+apply_mask: _ApplyMask
 try:
     from ._speedups import apply_mask as _c_apply_mask
 except ImportError:  # no compiler at install time, or TRILLIUM_NO_EXTENSIONS=1
