@@ -107,18 +107,63 @@ def _raw_trio_socket(stream: anyio.abc.ByteStream) -> Any:
         return stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
 
 
+class _EndOfPass(trio.abc.Instrument):
+    """Writes what connections queued during one pass of trio's scheduler at the end
+    of the pass, just before trio waits for I/O: one ``send`` per connection per pass.
+
+    A task that sends several messages in a row (a client streaming requests, a
+    handler answering a burst) would otherwise make one system call per message, and
+    on loopback a ``send`` costs several times what framing a small message does.
+    The pass ends as soon as the runnable tasks have run, so nothing waits longer
+    than that: a lone reply still leaves before trio sleeps.
+
+    The hook must not wake tasks: trio has already decided how long to sleep. A
+    connection whose write needs the writer task, or that has a task waiting for
+    its buffer to drain, is finished by ``Connection._after_end_of_pass`` through
+    ``run_sync_soon``, which wakes trio.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[Connection] = []
+        self._token = trio.lowlevel.current_trio_token()
+
+    def before_io_wait(self, timeout: float) -> None:
+        pending = self.pending
+        if pending:
+            self.pending = []
+            for connection in pending:
+                if not connection._write_at_end_of_pass():
+                    self._token.run_sync_soon(connection._after_end_of_pass)
+
+
+_END_OF_PASS: trio.lowlevel.RunVar[_EndOfPass] = trio.lowlevel.RunVar("trillium_end_of_pass")
+
+
+def _end_of_pass() -> _EndOfPass:
+    """This trio run's ``_EndOfPass`` instrument, installed the first time it is needed."""
+    try:
+        return _END_OF_PASS.get()
+    except LookupError:
+        instrument = _EndOfPass()
+        trio.lowlevel.add_instrument(instrument)
+        _END_OF_PASS.set(instrument)
+        return instrument
+
+
 class _TrioSocketWriter:
     """``write(data) -> bytes taken``: a non-blocking ``send`` on a plain trio socket.
 
     trio keeps no buffer of its own, so nothing queued can be overtaken. (An object
     rather than a closure: it is held for the connection's life, and is a quarter
-    of the size.)
+    of the size.) ``end_of_pass`` is the run's instrument that writes what was
+    queued during a pass (see ``_EndOfPass``).
     """
 
-    __slots__ = ("_sock",)
+    __slots__ = ("_sock", "end_of_pass")
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
+        self.end_of_pass = _end_of_pass()
 
     def __call__(self, data: bytes | memoryview) -> int:
         try:
@@ -447,6 +492,7 @@ class Connection:
         "_writer_started",
         "_writer_wakeup",
         "_writing",
+        "_written_at_end_of_pass",
         "close_timeout",
         "initial_data",
         "latency",
@@ -509,6 +555,7 @@ class Connection:
         self._out: list[bytes | memoryview] = []
         self._out_size = 0
         self._writing = False
+        self._written_at_end_of_pass = False  # waiting in _EndOfPass.pending
         self._write_now: Callable[[bytes | memoryview], int] | None = None  # set by _running
         self._read_now: Callable[[int], Awaitable[bytes]] | None = None  # set by _running
         self._sends_since_yield = 0
@@ -810,41 +857,87 @@ class Connection:
     def _write(self, data: bytes) -> None:
         """Hand complete frames to the writer (no checkpoint: frames are never split).
 
-        On plain sockets (see ``_direct_writer``), when the writer is idle and either no received
-        message is waiting to be handled (so no reply is likely to follow at once)
-        or more than ``write_limit`` is queued, everything queued goes straight to
-        the socket with a non-blocking send: a request and response exchange then
-        costs no task switch, a burst of small replies to a burst of messages still
-        leaves in one write, and big messages reach the kernel without waiting for
-        the writer. What the kernel doesn't take waits for the writer.
+        On a plain trio socket, what is queued goes to the kernel at the end of the
+        scheduler's pass (see ``_EndOfPass``), all in one ``send``, unless more than
+        ``write_limit`` is queued already. Elsewhere, see ``_push``.
         """
         self._out.append(data)
         self._out_size += len(data)
+        self._push_soon()
+
+    def _push_soon(self) -> None:
+        """Send what is queued at the end of this pass of trio's scheduler, or now
+        (see ``_push``) where there are no passes to wait for."""
+        write_now = self._write_now
+        if (
+            type(write_now) is _TrioSocketWriter
+            and not self._writing
+            and self._out_size <= self._write_high
+        ):
+            if not self._written_at_end_of_pass:
+                self._written_at_end_of_pass = True
+                write_now.end_of_pass.pending.append(self)
+            return
         self._push()
 
     def _push(self) -> None:
-        """Send what is queued: straight to the kernel if it can go now (see
-        ``_write``), else through the writer."""
+        """Send what is queued: straight to the kernel if it can go now, else through
+        the writer.
+
+        On plain sockets (see ``_direct_writer``), when the writer is idle and either
+        no received message is waiting to be handled (so no reply is likely to follow
+        at once) or more than ``write_limit`` is queued, everything queued goes
+        straight to the socket with a non-blocking send: a request and response
+        exchange then costs no task switch, a burst of small replies to a burst of
+        messages still leaves in one write, and big messages reach the kernel
+        without waiting for the writer. What the kernel doesn't take waits for the
+        writer.
+        """
         write_now = self._write_now
         if (
             write_now is not None
             and not self._writing
             and (not self._messages or self._out_size > self._write_high)
         ):
-            out = self._out
-            pending = out[0] if len(out) == 1 else b"".join(out)
-            sent = write_now(pending)
-            if sent:
-                self._out_size -= sent
-                out.clear()
-                if sent < len(pending):
-                    # A view, not a slice: the rest of a big message is not copied.
-                    out.append(memoryview(pending)[sent:])
-            if not out:
+            if self._write_out(write_now):
                 if self._write_drained is not None:
                     self._wake_senders()  # a close may be waiting for what just went out
                 return
         self._start_writer()
+
+    def _write_out(self, write_now: Callable[[bytes | memoryview], int]) -> bool:
+        """Everything queued, to the kernel in one non-blocking write; True if it
+        took it all (else the rest stays queued, for the writer)."""
+        out = self._out
+        if not out:
+            return True
+        pending = out[0] if len(out) == 1 else b"".join(out)
+        sent = write_now(pending)
+        if sent:
+            self._out_size -= sent
+            out.clear()
+            if sent < len(pending):
+                # A view, not a slice: the rest of a big message is not copied.
+                out.append(memoryview(pending)[sent:])
+        return not out
+
+    def _write_at_end_of_pass(self) -> bool:
+        """For ``_EndOfPass``: write what was queued during the pass. False when the
+        writer must take the rest or a task waits for the buffer to drain: waking
+        them is ``_after_end_of_pass``'s job."""
+        self._written_at_end_of_pass = False
+        write_now = self._write_now
+        if self._writing or write_now is None:
+            return True  # the writer task has it in hand
+        return self._write_out(write_now) and self._write_drained is None
+
+    def _after_end_of_pass(self) -> None:
+        """Wake what ``_write_at_end_of_pass`` could not: the writer, for what the
+        kernel didn't take, or the tasks waiting for the buffer to drain."""
+        if self._out:
+            self._start_writer()
+        else:
+            self._wake_senders()
 
     def _wake_senders(self) -> None:
         if self._write_drained is not None:

@@ -455,6 +455,12 @@ class _ThreadedConnection(Connection):
         with self.lock:
             super()._write(data)
 
+    def _push_soon(self) -> None:
+        # At once, from either thread: the end of the trio thread's pass is no time
+        # for a caller's thread to wait for, and what the trio thread would write
+        # then must be written under the lock.
+        self._push()
+
     def _start_writer(self) -> None:
         if threading.get_ident() == self._trio_thread_id:
             super()._start_writer()
