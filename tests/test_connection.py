@@ -616,6 +616,76 @@ async def test_send_blocks_while_peer_does_not_read_and_resumes_when_it_reads() 
             assert sizes == [len(message)] * sent
 
 
+class _CountingSocket:
+    """A trio socket whose ``send`` calls are counted."""
+
+    def __init__(self, sock: object) -> None:
+        self._sock = sock
+        self.sends = 0
+
+    def send(self, data: bytes) -> int:
+        self.sends += 1
+        return self._sock.send(data)  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_burst_of_sends_on_trio_leaves_in_one_write_per_scheduler_pass() -> None:
+    """Sends in a row are written when trio's scheduler pass ends, together: a task
+    sending 200 small messages makes a handful of system calls, not 200."""
+    with trio.fail_after(TEST_TIMEOUT):
+        received: list[object] = []
+
+        async def handler(ws: trillium.ServerConnection) -> None:
+            async for message in ws:
+                received.append(message)
+
+        async with serving(handler) as (_, uri), trillium.connect(uri) as ws:
+            counting = _CountingSocket(ws._write_now._sock)  # type: ignore[union-attr]
+            ws._write_now._sock = counting  # type: ignore[union-attr]
+            for i in range(200):
+                await ws.send(f"message {i}")
+            await wait_until(lambda: len(received) == 200)
+            # send() yields to the scheduler every 16 sends: about 13 passes.
+            assert 1 <= counting.sends <= 20
+        assert received == [f"message {i}" for i in range(200)]
+
+
+async def test_sends_queued_behind_a_full_kernel_buffer_all_arrive_before_the_close() -> None:
+    """What the kernel doesn't take at the end of a scheduler pass waits for the writer
+    task, and close() waits for all of it: the peer, which starts reading only once
+    everything is queued, gets every message in order, then the close frame."""
+    with trio.fail_after(TEST_TIMEOUT):
+        start_reading = trio.Event()
+        received: list[bytes] = []
+
+        async def reads_late(stream: trio.SocketStream) -> None:
+            await accept_handshake(stream)
+            await start_reading.wait()
+            parser = FrameParser(expect_masked=True)
+            while (frame := await read_frames(stream, parser)) is not None:
+                if frame.opcode is Opcode.BINARY:
+                    received.append(frame.payload)
+                if frame.opcode is Opcode.CLOSE:
+                    await stream.send_all(serialize_frame(Opcode.CLOSE, frame.payload, mask=False))
+                    return
+
+        # 16 MB, more than the kernel buffers hold, under a write_limit that never
+        # makes send() wait: all of it is queued before the peer reads a byte.
+        messages = [i.to_bytes(4, "big") * 250 for i in range(16000)]
+        async with raw_server(reads_late) as port, trio.open_nursery() as nursery:
+            uri = f"ws://127.0.0.1:{port}"
+            async with trillium.connect(uri, write_limit=2**25, close_timeout=3) as ws:
+                for message in messages:
+                    await ws.send(message)
+                nursery.start_soon(_set_later, start_reading)
+            assert ws.close_code == 1000
+        assert received == messages
+
+
+async def _set_later(event: trio.Event) -> None:
+    await trio.sleep(0.2)
+    event.set()
+
+
 # --------------------------------------------------------------------------- keepalive
 
 
