@@ -82,6 +82,10 @@ _WAIT_ERRORS = (OSError, trio.ClosedResourceError, ValueError)
 #: and truth tests work and appending to it by mistake fails loudly.
 _NO_MESSAGES: Any = ()
 
+# Connection states the per-message paths compare against, as module globals (an
+# enum member read through its class costs about 90 ns on Python 3.11, a global 10).
+_OPEN, _CLOSED = State.OPEN, State.CLOSED
+
 #: Close codes of a normal closure (see ``Connection._closed_normally``).
 _NORMAL_CLOSE_CODES = frozenset(
     {CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD}
@@ -678,7 +682,7 @@ class Connection:
         with self._shielded():
             try:
                 while True:
-                    if protocol.state is State.OPEN and self._queue_full():
+                    if protocol.state is _OPEN and self._queue_full():
                         # Stop reading: the kernel buffer fills and TCP pushes back on the peer.
                         # Not once we sent a close frame: the peer's close must get through,
                         # even if nobody reads messages any more. (Checked again once the
@@ -693,7 +697,7 @@ class Connection:
                     # the protocol (paused) until recv() makes room. Once closing, parse
                     # everything: the peer's close frame must get through.
                     room = None
-                    if protocol.state is State.OPEN:
+                    if protocol.state is _OPEN:
                         room = max(1, self._queue_high - self._queued())
                     data: bytes | None
                     if protocol.paused:
@@ -731,7 +735,7 @@ class Connection:
                         self._write(reply)
                     if failure is not None or data == b"":
                         break
-                    if protocol.state is State.CLOSED:
+                    if protocol.state is _CLOSED:
                         # Closing handshake done. The server closes TCP first (RFC 6455
                         # §7.1.1); the client waits for that, at most close_timeout.
                         if protocol.role is SERVER:
@@ -1216,7 +1220,7 @@ class Connection:
 
     def _encode(self, data: Data | bytearray | memoryview, text: bool | None, fin: bool) -> bytes:
         protocol = self.protocol
-        if protocol is None or protocol.state is not State.OPEN or self._transport_closing:
+        if protocol is None or protocol.state is not _OPEN or self._transport_closing:
             raise self._closed_exception()
         if isinstance(data, str):
             if text is False:

@@ -110,6 +110,13 @@ Event = Message | Ping | Pong | Close
 
 _UNLIMITED = 2**63 - 1
 
+# Enum members the per-frame paths compare against, as module globals: reading
+# ``Opcode.TEXT`` goes through the enum class, about 90 ns on Python 3.11 against
+# 10 for a global, and a small message meets half a dozen of them.
+_TEXT, _BINARY, _CONTINUATION = Opcode.TEXT, Opcode.BINARY, Opcode.CONTINUATION
+_PING, _PONG = Opcode.PING, Opcode.PONG
+_OPEN, _CLOSED = State.OPEN, State.CLOSED
+
 
 class Protocol:
     """One WebSocket connection's framing, close handshake and limits (no I/O).
@@ -238,27 +245,27 @@ class Protocol:
                 if frame is None:
                     break
                 opcode = frame.opcode
-                if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                if opcode is _TEXT or opcode is _BINARY:
                     if self._in_opcode is not None:
                         raise ProtocolError(f"{opcode.name} frame inside a fragmented message")
                     if frame.fin and not frame.rsv and not self.extensions:
                         # The common case, kept short: a whole message in one frame.
-                        if opcode is Opcode.TEXT:
+                        if opcode is _TEXT:
                             events.append(Message(_decode_text(frame.payload)))
                         else:
                             events.append(Message(frame.payload))
                     else:
                         self._start_message(frame, events)
-                elif opcode is Opcode.CONTINUATION:
+                elif opcode is _CONTINUATION:
                     if self._in_opcode is None:
                         raise ProtocolError("continuation frame without a message to continue")
                     self._continue_message(frame, events)
-                elif opcode is Opcode.PING:
+                elif opcode is _PING:
                     events.append(Ping(frame.payload))
                     # §5.5.2: answer unless the peer's close came (CLOSING still answers).
-                    if self.state is not State.CLOSED:
-                        self._outgoing.append(self._frame(Opcode.PONG, frame.payload))
-                elif opcode is Opcode.PONG:
+                    if self.state is not _CLOSED:
+                        self._outgoing.append(self._frame(_PONG, frame.payload))
+                elif opcode is _PONG:
                     events.append(Pong(frame.payload))
                 else:  # CLOSE
                     events.append(self._receive_close(frame.payload))
@@ -362,19 +369,19 @@ class Protocol:
 
     def send_text(self, data: str, fin: bool = True) -> bytes:
         """Encode a text message, or one fragment of it when ``fin=False``."""
-        return self._send_data(Opcode.TEXT, data.encode("utf-8"), fin)
+        return self._send_data(_TEXT, data.encode("utf-8"), fin)
 
     def send_binary(self, data: bytes | bytearray | memoryview, fin: bool = True) -> bytes:
         """Encode a binary message, or one fragment of it when ``fin=False``."""
-        return self._send_data(Opcode.BINARY, bytes(data), fin)
+        return self._send_data(_BINARY, bytes(data), fin)
 
     def _send_data(self, opcode: Opcode, payload: bytes, fin: bool) -> bytes:
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             raise InvalidState(self._closed_message(f"send a {opcode.name.lower()} message"))
         if self._out_opcode is None:
             wire_opcode = opcode
         elif self._out_opcode is opcode:
-            wire_opcode = Opcode.CONTINUATION
+            wire_opcode = _CONTINUATION
         else:
             raise InvalidState(
                 f"cannot send a {opcode.name.lower()} fragment: a fragmented "
