@@ -305,6 +305,64 @@ async def test_server_drops_a_client_that_sends_nothing_after_open_timeout() -> 
                 assert await ws.recv() == "still here"
 
 
+@pytest.mark.parametrize("callback", ["process_request", "process_response"])
+async def test_server_times_out_a_handshake_whose_async_callback_never_returns(
+    callback: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # open_timeout bounds the whole handshake, the server's own callbacks included:
+    # the client is dropped, the server logs it and keeps serving.
+    with trio.fail_after(TEST_TIMEOUT):
+        stuck = True
+
+        async def hang(connection: ServerConnection, *args: object) -> None:
+            if stuck:
+                await trio.sleep_forever()
+
+        with caplog.at_level(logging.INFO, logger="trillium"):
+            async with serving(echo, open_timeout=0.2, **{callback: hang}) as (server, uri):
+                client = await RawClient.connect(port_of(server), handshake=False)
+                await client.send_bytes(
+                    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                )
+                assert await client.read_until_eof() == b""
+                client.close()
+                assert server.connections == set()
+                stuck = False
+                async with trillium.connect(uri) as ws:
+                    await ws.send("served")
+                    assert await ws.recv() == "served"
+        assert "opening handshake failed" in caplog.text
+
+
+async def test_server_accepts_every_connection_waiting_at_once_with_tcp_nodelay() -> None:
+    # More clients than the accept loop takes before yielding, all connected before
+    # it runs: every one is served, over a socket with Nagle's algorithm off.
+    with trio.fail_after(TEST_TIMEOUT):
+        nodelay: list[int] = []
+
+        async def handler(ws: ServerConnection) -> None:
+            sock = ws.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            await echo(ws)
+
+        async with serving(handler) as (server, _):
+            clients = []
+            for _ in range(40):
+                sock = trio.socket.socket()
+                await sock.connect(("127.0.0.1", port_of(server)))
+                clients.append(RawClient(sock))
+            for client in clients:
+                await client.handshake(port_of(server))
+                await client.send_frame(0x1, b"hi")
+                frame = await client.recv_frame()
+                assert frame is not None and frame.payload == b"hi"
+                client.close()
+        assert len(nodelay) == 40
+        assert all(nodelay)
+
+
 # --------------------------------------------------------------------------- handlers
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 import time
 import uuid
@@ -368,6 +369,9 @@ async def accept_forever(
     """
     # The name trio would give each task, made once: not a new string per connection.
     name = f"{handle.__module__}.{handle.__qualname__}"
+    if _trio_socket_listener(listener) is not None:
+        await _accept_trio_sockets(listener, task_group, handle, logger, name)
+        return
     while True:
         try:
             stream = await listener.accept()
@@ -380,8 +384,84 @@ async def accept_forever(
         task_group.start_soon(handle, stream, name=name)
 
 
+def _trio_socket_listener(listener: anyio.abc.SocketListener) -> Any:
+    """The stream class that anyio's trio listener ``listener`` makes of what it
+    accepts (its ``SocketStream`` or ``UNIXSocketStream``), else None (asyncio, TLS,
+    anything else)."""
+    if type(listener).__module__ != "anyio._backends._trio":
+        return None
+    from anyio._backends import _trio as anyio_trio
+
+    if type(listener) is anyio_trio.TCPSocketListener:
+        return anyio_trio.SocketStream
+    if type(listener) is anyio_trio.UNIXSocketListener:
+        return anyio_trio.UNIXSocketStream
+    return None
+
+
+async def _accept_trio_sockets(
+    listener: anyio.abc.SocketListener,
+    task_group: Any,
+    handle: Callable[[anyio.abc.SocketStream], Awaitable[None]],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    name: str,
+) -> None:
+    """``accept_forever`` for anyio's trio listeners, on their raw socket.
+
+    ``listener.accept()`` takes a scheduler round trip for every connection (trio's
+    socket accepts, then yields, then tries again and finds nothing), under three
+    layers of wrappers. This accepts every connection that is waiting, then waits
+    for the socket once; each connection gets the same stream ``listener.accept()``
+    would have made (anyio's, over a trio socket, TCP_NODELAY on TCP). It yields
+    every ``_YIELD_EVERY`` connections all the same, so that a flood of them can't
+    starve the connections already open.
+    """
+    stream_class = _trio_socket_listener(listener)
+    tcp = stream_class.__name__ == "SocketStream"
+    sock = listener._raw_socket
+    wait_readable = trio.lowlevel.wait_readable
+    from_stdlib_socket = trio.socket.from_stdlib_socket
+    accepted = 0
+    while True:
+        try:
+            client, _ = sock.accept()
+        except BlockingIOError:
+            accepted = 0
+            try:
+                await wait_readable(sock)
+            except _WAIT_ERRORS:  # the listener was closed
+                return
+            continue
+        except OSError as exc:
+            if sock.fileno() < 0:  # the listener was closed
+                return
+            logger.warning("accept() failed: %s", exc)
+            await anyio.sleep(0.1)
+            continue
+        if tcp:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task_group.start_soon(handle, stream_class(from_stdlib_socket(client)), name=name)
+        accepted += 1
+        if accepted == _YIELD_EVERY:
+            accepted = 0
+            await trio.lowlevel.checkpoint()
+
+
+async def by_deadline(deadline: float, awaitable: Awaitable[T]) -> T:
+    """``await awaitable``, or TimeoutError if it isn't done by ``deadline`` (a
+    ``time.monotonic()`` value: the same on every event loop, where trio's clock and
+    asyncio's differ)."""
+    with current_backend().move_on_after(deadline - time.monotonic()):
+        return await awaitable
+    raise TimeoutError
+
+
 async def read_handshake(
-    stream: anyio.abc.ByteStream, feed: Callable[[bytes], T | None], *, sent: bool = False
+    stream: anyio.abc.ByteStream,
+    feed: Callable[[bytes], T | None],
+    *,
+    sent: bool = False,
+    deadline: float | None = None,
 ) -> T:
     """Feed what ``stream`` gives to a handshake parser until it returns its result.
 
@@ -392,7 +472,8 @@ async def read_handshake(
     request of a client it just accepted): on a plain trio socket, a non-blocking
     read comes first, which finds it there without trio's wait-and-retry
     machinery and its round trip through the scheduler. Anything else (nothing
-    there yet, an error) goes through the stream as usual.
+    there yet, an error) goes through the stream as usual, and only then, when it
+    may wait, is held to ``deadline`` (see ``by_deadline``).
     """
     sock = _raw_trio_socket(stream) if sent else None
     while True:
@@ -406,7 +487,10 @@ async def read_handshake(
                 await trio.lowlevel.checkpoint_if_cancelled()
         if data is None:
             try:
-                data = await stream.receive(65536)
+                if deadline is None:
+                    data = await stream.receive(65536)
+                else:
+                    data = await by_deadline(deadline, stream.receive(65536))
             except anyio.EndOfStream:
                 data = b""
         result = feed(data)
@@ -414,13 +498,16 @@ async def read_handshake(
             return result
 
 
-async def send_all(stream: anyio.abc.ByteStream, data: bytes) -> None:
+async def send_all(
+    stream: anyio.abc.ByteStream, data: bytes, *, deadline: float | None = None
+) -> None:
     """``stream.send(data)``, straight to the kernel when it takes it all at once.
 
     On a plain trio socket a non-blocking ``send`` usually takes a handshake
     response whole, without trio's wait-and-retry machinery and its round trip
     through the scheduler; what it doesn't take, and any other stream, goes
-    through ``stream.send``.
+    through ``stream.send``, held to ``deadline`` if there is one (see
+    ``by_deadline``).
     """
     sock = _raw_trio_socket(stream)
     if sock is not None:
@@ -432,7 +519,10 @@ async def send_all(stream: anyio.abc.ByteStream, data: bytes) -> None:
             await trio.lowlevel.checkpoint_if_cancelled()
             return
         data = data[sent:]
-    await stream.send(data)
+    if deadline is None:
+        await stream.send(data)
+    else:
+        await by_deadline(deadline, stream.send(data))
 
 
 def _water_marks(limit: WaterMarks, default_low_ratio: int = 4) -> tuple[int, int]:

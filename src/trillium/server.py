@@ -28,6 +28,7 @@ import inspect
 import logging
 import ssl as ssl_module
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack, suppress
 from types import TracebackType
@@ -49,6 +50,7 @@ from .connection import (
     _only_contains,
     _water_marks,
     accept_forever,
+    by_deadline,
     read_handshake,
     send_all,
 )
@@ -294,72 +296,84 @@ class WebSocketServer:
             self.connections.discard(connection)
 
     async def _handshake(self, connection: ServerConnection) -> Protocol | None:
-        """Run the opening handshake within ``open_timeout``; None if it was refused."""
+        """Run the opening handshake within ``open_timeout``; None if it was refused.
+
+        ``open_timeout`` is a deadline that each step that waits (TLS, reading the
+        request, an async ``process_request`` or ``process_response``, sending the
+        response) is given what is left of, raising TimeoutError when it runs out,
+        rather than a cancel scope around the whole handshake: a request already in
+        the socket and a response the kernel takes at once need no scope at all,
+        and a scope costs as much as a tenth of a handshake.
+        """
         timeout = self.open_timeout if self.open_timeout is not None else float("inf")
-        # The backend's move_on_after, then TimeoutError as anyio.fail_after raises it:
-        # fail_after wraps trio's scope in anyio's, a tenth of a handshake's cost.
-        with connection._backend.move_on_after(timeout):
-            if self.ssl is not None:
-                connection.stream = await TLSStream.wrap(
+        deadline = time.monotonic() + timeout
+        if self.ssl is not None:
+            connection.stream = await by_deadline(
+                deadline,
+                TLSStream.wrap(
                     connection.stream,
                     server_side=True,
                     ssl_context=self.ssl,
                     standard_compatible=False,
-                )
-            stream = connection.stream
-            handshake = ServerHandshake(max_header_size=self.max_header_size)
-            try:
-                request = await read_handshake(stream, handshake.receive_data, sent=True)
-            except InvalidHandshake as exc:
-                # A well-formed HTTP request that isn't an upgrade (a health check, a
-                # page) still goes to process_request, which may answer it, as in
-                # websockets; otherwise it gets the 400, 426 or 431 it deserves.
-                answer = None
-                if handshake.request is not None:
-                    connection.request = handshake.request
-                    answer = await self._process_request(connection, handshake)
-                if answer is None:
-                    self.logger.info("invalid opening handshake: %s", exc)
-                    await _send_quietly(stream, handshake.reject_invalid(exc))
-                    return None
-                assert handshake.request is not None
-                request, response = handshake.request, answer
-            else:
-                connection.request = request
-                response = await self._respond(connection, handshake, request)
-            if self.server_header is not None and "Server" not in response.headers:
-                response.headers["Server"] = self.server_header
-            if self.process_response is not None:
-                replaced = await _maybe_await(self.process_response(connection, request, response))
-                if replaced is not None:
-                    response = replaced
-            connection.response = response
-            await send_all(stream, serialize_response(response))
-            if response.status_code != 101:
-                self.logger.info("rejected connection: HTTP %d", response.status_code)
-                return None
-            connection.subprotocol = response.headers.get("Sec-WebSocket-Protocol")
-            # The handshake is done looking headers up: without their indexes, the
-            # request and response that the connection keeps take half the memory.
-            request.headers._drop_index()
-            response.headers._drop_index()
-            extensions = [connection.extension] if connection.extension is not None else []
-            protocol = Protocol(
-                SERVER, max_size=self.max_size, streaming=True, extensions=extensions
+                ),
             )
-            # Frames the client sent right behind its request go to the reader first.
-            connection.initial_data = handshake.trailing_data
-            return protocol
-        raise TimeoutError  # open_timeout ran out (every other way out returns)
+        stream = connection.stream
+        handshake = ServerHandshake(max_header_size=self.max_header_size)
+        try:
+            request = await read_handshake(
+                stream, handshake.receive_data, sent=True, deadline=deadline
+            )
+        except InvalidHandshake as exc:
+            # A well-formed HTTP request that isn't an upgrade (a health check, a
+            # page) still goes to process_request, which may answer it, as in
+            # websockets; otherwise it gets the 400, 426 or 431 it deserves.
+            answer = None
+            if handshake.request is not None:
+                connection.request = handshake.request
+                answer = await self._process_request(connection, handshake, deadline)
+            if answer is None:
+                self.logger.info("invalid opening handshake: %s", exc)
+                await _send_quietly(stream, handshake.reject_invalid(exc), deadline)
+                return None
+            assert handshake.request is not None
+            request, response = handshake.request, answer
+        else:
+            connection.request = request
+            response = await self._respond(connection, handshake, request, deadline)
+        if self.server_header is not None and "Server" not in response.headers:
+            response.headers["Server"] = self.server_header
+        if self.process_response is not None:
+            replaced = await _maybe_await(
+                self.process_response(connection, request, response), deadline
+            )
+            if replaced is not None:
+                response = replaced
+        connection.response = response
+        await send_all(stream, serialize_response(response), deadline=deadline)
+        if response.status_code != 101:
+            self.logger.info("rejected connection: HTTP %d", response.status_code)
+            return None
+        connection.subprotocol = response.headers.get("Sec-WebSocket-Protocol")
+        # The handshake is done looking headers up: without their indexes, the
+        # request and response that the connection keeps take half the memory.
+        request.headers._drop_index()
+        response.headers._drop_index()
+        extensions = [connection.extension] if connection.extension is not None else []
+        protocol = Protocol(SERVER, max_size=self.max_size, streaming=True, extensions=extensions)
+        # Frames the client sent right behind its request go to the reader first.
+        connection.initial_data = handshake.trailing_data
+        return protocol
 
     async def _process_request(
-        self, connection: ServerConnection, handshake: ServerHandshake
+        self, connection: ServerConnection, handshake: ServerHandshake, deadline: float
     ) -> Response | None:
         """The Response ``process_request`` answers with (completed), or None to go on."""
         if self.process_request is None:
             return None
         assert connection.request is not None
-        response = await _maybe_await(self.process_request(connection, connection.request))
+        response = await _maybe_await(
+            self.process_request(connection, connection.request), deadline
+        )
         if response is None:
             return None
         return handshake.reject_response(
@@ -370,7 +384,11 @@ class WebSocketServer:
         )
 
     async def _respond(
-        self, connection: ServerConnection, handshake: ServerHandshake, request: Request
+        self,
+        connection: ServerConnection,
+        handshake: ServerHandshake,
+        request: Request,
+        deadline: float,
     ) -> Response:
         """Decide: origins, process_request, subprotocol; the 101 or a rejection."""
         if self.origins is not None and request.origin not in self.origins:
@@ -378,7 +396,7 @@ class WebSocketServer:
                 403, body=b"Failed to open a WebSocket connection: origin not allowed.\n"
             )
         if self.process_request is not None:
-            rejection = await self._process_request(connection, handshake)
+            rejection = await self._process_request(connection, handshake, deadline)
             if rejection is not None:
                 return rejection
         subprotocol: str | None = None
@@ -407,14 +425,15 @@ class WebSocketServer:
         return handshake.accept_response(request, subprotocol=subprotocol, extensions=extensions)
 
 
-async def _send_quietly(stream: anyio.abc.ByteStream, data: bytes) -> None:
+async def _send_quietly(stream: anyio.abc.ByteStream, data: bytes, deadline: float) -> None:
     with suppress(*_STREAM_ERRORS):
-        await stream.send(data)
+        await by_deadline(deadline, stream.send(data))
 
 
-async def _maybe_await(value: Any) -> Any:
+async def _maybe_await(value: Any, deadline: float) -> Any:
+    """What a callback returned, awaited by ``deadline`` if it is awaitable."""
     if inspect.isawaitable(value):
-        return await value
+        return await by_deadline(deadline, value)
     return value
 
 
