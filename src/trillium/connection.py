@@ -839,6 +839,12 @@ class Connection:
                                     break
                         break
             finally:
+                if direct is not None and self._out_size and not self._writing:
+                    # Nothing more will join what is queued (usually our close frame):
+                    # it goes to the kernel now, not at the end of the scheduler's
+                    # pass, which closing would otherwise have to wait for.
+                    assert self._write_now is not None
+                    self._write_out(self._write_now)
                 if direct is not None and not self._out_size:
                     # A plain socket with nothing left to send closes at once; only a
                     # checkpoint follows, so there is nothing to shield (and a scope
