@@ -998,11 +998,11 @@ class Connection:
             write_now is not None
             and not self._writing
             and (not self._messages or self._out_size > self._write_high)
+            and self._write_out(write_now)
         ):
-            if self._write_out(write_now):
-                if self._write_drained is not None:
-                    self._wake_senders()  # a close may be waiting for what just went out
-                return
+            if self._write_drained is not None:
+                self._wake_senders()  # a close may be waiting for what just went out
+            return
         self._start_writer()
 
     def _write_out(self, write_now: Callable[[bytes | memoryview], int]) -> bool:
@@ -1162,6 +1162,8 @@ class Connection:
             finally:
                 self._receiving = False
                 self._message_arrived = None
+        if decode is None:
+            return self._pop_message()
         return _decode(self._pop_message(), decode)
 
     def _pop_message(self) -> Data:
@@ -1326,21 +1328,24 @@ class Connection:
             return protocol.send_text(bytes(data).decode("utf-8"), fin)
         return protocol.send_binary(data, fin)
 
-    async def _wait_for_room(self) -> None:
-        """Wait while more than write_limit bytes are queued.
+    def _wait_for_room(self) -> Awaitable[None]:
+        """What ``send()`` awaits first: until no more than write_limit bytes are queued.
 
         Sends that don't have to wait still yield to the scheduler every
         ``_YIELD_EVERY`` calls, so a loop of sends can't starve other tasks, without
-        paying a scheduler round trip on every message.
+        paying a scheduler round trip on every message; the others only check for
+        cancellation. (A plain method returning what to await: the usual case then
+        costs no coroutine of its own.)
         """
         if self._out_size <= self._write_high:
             self._sends_since_yield += 1
             if self._sends_since_yield >= _YIELD_EVERY:
                 self._sends_since_yield = 0
-                await self._backend.checkpoint()
-            else:
-                await self._backend.checkpoint_if_cancelled()
-            return
+                return self._backend.checkpoint()
+            return self._backend.checkpoint_if_cancelled()
+        return self._wait_for_drain()
+
+    async def _wait_for_drain(self) -> None:
         self._sends_since_yield = 0
         while self._out_size > self._write_high:
             if self._closed.is_set() or self._transport_closing:

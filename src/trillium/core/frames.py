@@ -105,9 +105,13 @@ class _MaskKeys:
         try:
             return self._keys.pop()
         except IndexError:
-            pool = os.urandom(1024)
-            keys = self._keys = [pool[i : i + 4] for i in range(0, 1024, 4)]
+            keys = self._keys = list(_SPLIT_KEYS.unpack(os.urandom(_SPLIT_KEYS.size)))
             return keys.pop()
+
+
+#: Splits 1 KiB of random bytes into 256 keys, in C (a list comprehension of slices
+#: took a fifth of the time of encoding a small frame, spread over 256 frames).
+_SPLIT_KEYS = struct.Struct("4s" * 256)
 
 
 mask_keys = _MaskKeys()
