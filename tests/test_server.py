@@ -4,6 +4,8 @@ the server's lifecycle and the connections it tracks."""
 from __future__ import annotations
 
 import logging
+import os
+import resource
 import socket
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -361,6 +363,36 @@ async def test_server_accepts_every_connection_waiting_at_once_with_tcp_nodelay(
                 client.close()
         assert len(nodelay) == 40
         assert all(nodelay)
+
+
+async def test_server_keeps_accepting_after_accept_fails_for_lack_of_file_descriptors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # accept() failing with EMFILE is logged and retried: once descriptors are free
+    # again, the client that was waiting is served.
+    with trio.fail_after(TEST_TIMEOUT), caplog.at_level(logging.WARNING, logger="trillium"):
+        async with serving(echo) as (server, uri):
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            client = trio.socket.socket()
+            try:
+                # No room for another descriptor: the lowest free one is over the limit.
+                lowest_free = os.dup(0)
+                os.close(lowest_free)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+                await client.connect(("127.0.0.1", port_of(server)))
+                await wait_until(lambda: "accept() failed" in caplog.text)
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            raw = RawClient(client)
+            await raw.handshake(port_of(server))
+            await raw.send_frame(0x1, b"served")
+            frame = await raw.recv_frame()
+            assert frame is not None and frame.payload == b"served"
+            raw.close()
+            async with trillium.connect(uri) as ws:
+                await ws.send("and the next one")
+                assert await ws.recv() == "and the next one"
+        assert "Too many open files" in caplog.text
 
 
 # --------------------------------------------------------------------------- handlers
