@@ -365,6 +365,29 @@ async def test_server_accepts_every_connection_waiting_at_once_with_tcp_nodelay(
         assert all(nodelay)
 
 
+async def test_a_closed_connections_stream_is_closed_as_by_its_aclose() -> None:
+    # The reader closes a plain socket without anyio's aclose() (and its
+    # checkpoint), to the same effect: the stream says it is closed.
+    with trio.fail_after(TEST_TIMEOUT):
+        handled: list[ServerConnection] = []
+
+        async def handler(ws: ServerConnection) -> None:
+            handled.append(ws)
+            await echo(ws)
+
+        async with serving(handler) as (server, uri):
+            async with trillium.connect(uri) as ws:
+                await ws.send("x")
+                assert await ws.recv() == "x"
+            await wait_until(lambda: server.connections == set())
+        (connection,) = handled
+        assert connection.state is State.CLOSED
+        with pytest.raises(anyio.ClosedResourceError):
+            await connection.stream.send(b"after")
+        with pytest.raises(anyio.ClosedResourceError):
+            await connection.stream.receive()
+
+
 async def test_server_keeps_accepting_after_accept_fails_for_lack_of_file_descriptors(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
