@@ -628,9 +628,9 @@ class _CountingSocket:
         return self._sock.send(data)  # type: ignore[attr-defined, no-any-return]
 
 
-async def test_burst_of_sends_on_trio_leaves_in_one_write_per_scheduler_pass() -> None:
-    """Sends in a row are written when trio's scheduler pass ends, together: a task
-    sending 200 small messages makes a handful of system calls, not 200."""
+async def test_burst_of_sends_on_trio_leaves_in_two_writes_per_scheduler_pass() -> None:
+    """Sends in a row after the first are written when trio's scheduler pass ends,
+    together: a task sending 200 small messages makes a few system calls, not 200."""
     with trio.fail_after(TEST_TIMEOUT):
         received: list[object] = []
 
@@ -644,8 +644,9 @@ async def test_burst_of_sends_on_trio_leaves_in_one_write_per_scheduler_pass() -
             for i in range(200):
                 await ws.send(f"message {i}")
             await wait_until(lambda: len(received) == 200)
-            # send() yields to the scheduler every 16 sends: about 13 passes.
-            assert 1 <= counting.sends <= 20
+            # send() yields to the scheduler every 16 sends: about 13 passes, each
+            # writing its first frame at once and the rest at its end.
+            assert 1 <= counting.sends <= 30
         assert received == [f"message {i}" for i in range(200)]
 
 

@@ -114,13 +114,14 @@ def _raw_trio_socket(stream: anyio.abc.ByteStream) -> Any:
 
 class _EndOfPass(trio.abc.Instrument):
     """Writes what connections queued during one pass of trio's scheduler at the end
-    of the pass, just before trio waits for I/O: one ``send`` per connection per pass.
+    of the pass, just before trio waits for I/O (see ``Connection._push_soon``).
 
     A task that sends several messages in a row (a client streaming requests, a
     handler answering a burst) would otherwise make one system call per message, and
     on loopback a ``send`` costs several times what framing a small message does.
     The pass ends as soon as the runnable tasks have run, so nothing waits longer
-    than that: a lone reply still leaves before trio sleeps.
+    than that; and the first frame of a pass, when no reply is likely to follow it,
+    does not wait at all.
 
     The hook must not wake tasks: trio has already decided how long to sleep. A
     connection whose write needs the writer task, or that has a task waiting for
@@ -667,7 +668,7 @@ class Connection:
         self._out: list[bytes | memoryview] = []
         self._out_size = 0
         self._writing = False
-        self._written_at_end_of_pass = False  # waiting in _EndOfPass.pending
+        self._written_at_end_of_pass = False  # wrote in this pass: in _EndOfPass.pending
         self._write_now: Callable[[bytes | memoryview], int] | None = None  # set by _running
         self._read_now: Callable[[int], Awaitable[bytes]] | None = None  # set by _running
         self._sends_since_yield = 0
@@ -976,28 +977,36 @@ class Connection:
     def _write(self, data: bytes) -> None:
         """Hand complete frames to the writer (no checkpoint: frames are never split).
 
-        On a plain trio socket, what is queued goes to the kernel at the end of the
-        scheduler's pass (see ``_EndOfPass``), all in one ``send``, unless more than
-        ``write_limit`` is queued already. Elsewhere, see ``_push``.
+        On a plain trio socket, see ``_push_soon``; elsewhere, ``_push``.
         """
         self._out.append(data)
         self._out_size += len(data)
         self._push_soon()
 
     def _push_soon(self) -> None:
-        """Send what is queued at the end of this pass of trio's scheduler, or now
-        (see ``_push``) where there are no passes to wait for."""
+        """Send what is queued now, or at the end of this pass of trio's scheduler.
+
+        On a plain trio socket the first frame of a pass goes to the kernel at once
+        when no received message waits to be handled (a reply to a request, a lone
+        send: no other frame is likely to follow it in this pass, and waiting would
+        only add latency). Every other frame of the pass waits for its end (see
+        ``_EndOfPass``), so that a burst costs one ``send``: a handler answering a
+        batch of messages, a task sending several in a row. Elsewhere, see ``_push``.
+        """
         write_now = self._write_now
         if (
-            type(write_now) is _TrioSocketWriter
-            and not self._writing
-            and self._out_size <= self._write_high
+            type(write_now) is not _TrioSocketWriter
+            or self._writing
+            or self._out_size > self._write_high
         ):
-            if not self._written_at_end_of_pass:
-                self._written_at_end_of_pass = True
-                write_now.end_of_pass.pending.append(self)
+            self._push()
             return
-        self._push()
+        if self._written_at_end_of_pass:
+            return  # it leaves with the rest of the pass
+        self._written_at_end_of_pass = True
+        write_now.end_of_pass.pending.append(self)
+        if not self._messages and self._write_out(write_now) and self._write_drained is not None:
+            self._wake_senders()  # a close may be waiting for what just went out
 
     def _push(self) -> None:
         """Send what is queued: straight to the kernel if it can go now, else through
