@@ -7,7 +7,13 @@ import shutil
 import pytest
 
 import trillium.core.mask as mask_module
-from trillium.core.mask import ACCELERATED, apply_mask, py_apply_mask
+from trillium.core.mask import (
+    ACCELERATED,
+    apply_mask,
+    join_and_mask,
+    py_apply_mask,
+    py_join_and_mask,
+)
 
 IMPLEMENTATIONS = [
     pytest.param(py_apply_mask, id="python"),
@@ -97,3 +103,41 @@ def test_wrong_length_mask_raises_value_error_with_a_prefix(impl) -> None:  # ty
     """RFC 6455 §5.3: the key is checked whatever else is passed."""
     with pytest.raises(ValueError, match="4 bytes"):
         impl(b"data", b"abc", b"prefix")
+
+
+JOIN_IMPLEMENTATIONS = [
+    pytest.param(py_join_and_mask, id="python"),
+    pytest.param(
+        join_and_mask,
+        id="accelerated",
+        marks=pytest.mark.skipif(not ACCELERATED, reason="C accelerator not built"),
+    ),
+]
+
+
+@pytest.mark.parametrize("impl", JOIN_IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    "sizes", [[], [0], [1, 2, 3], [5, 0, 17, 3], [70_000, 1, 70_001], [4096] * 5]
+)
+def test_parts_are_masked_as_one_payload(impl, sizes: list[int]) -> None:  # type: ignore[no-untyped-def]
+    """RFC 6455 §5.3: a payload read in pieces of any length, masked with the key's
+    phase carried across the pieces, whatever buffers they are."""
+    data = bytes(range(256)) * (sum(sizes) // 256 + 1)
+    parts: list[bytes | bytearray | memoryview] = []
+    offset = 0
+    for i, n in enumerate(sizes):
+        piece = data[offset : offset + n]
+        parts.append((bytes, bytearray, memoryview)[i % 3](piece))
+        offset += n
+    joined = impl(parts, KEY)
+    assert type(joined) is bytes
+    assert joined == reference(data[:offset], KEY)
+
+
+@pytest.mark.parametrize("impl", JOIN_IMPLEMENTATIONS)
+def test_join_and_mask_checks_the_key_and_the_parts(impl) -> None:  # type: ignore[no-untyped-def]
+    """RFC 6455 §5.3: a 4-byte key; parts that aren't bytes-like raise TypeError."""
+    with pytest.raises(ValueError, match="4 bytes"):
+        impl([b"data"], b"abc")
+    with pytest.raises(TypeError):
+        impl([b"data", 3], KEY)

@@ -20,6 +20,42 @@
 /* Below this size the cost of releasing the GIL outweighs the work. */
 #define RELEASE_GIL_ABOVE 65536
 
+/* out[i] = in[i] ^ m[(phase + i) % 4] for i < n. */
+static void
+mask_into(unsigned char *out, const unsigned char *in, Py_ssize_t n, const unsigned char *m,
+          Py_ssize_t phase)
+{
+    unsigned char k[4];
+    uint32_t key32;
+    uint64_t key64;
+    Py_ssize_t i = 0;
+
+    for (int j = 0; j < 4; j++) {
+        k[j] = m[(phase + j) & 3];
+    }
+    memcpy(&key32, k, 4);
+    key64 = ((uint64_t)key32 << 32) | key32;
+#ifdef __SSE2__
+    if (n >= 16) {
+        __m128i key128 = _mm_set1_epi32((int)key32);
+        for (; i + 16 <= n; i += 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(in + i));
+            _mm_storeu_si128((__m128i *)(out + i), _mm_xor_si128(v, key128));
+        }
+    }
+#endif
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, in + i, 8);
+        v ^= key64;
+        memcpy(out + i, &v, 8);
+    }
+    /* i is a multiple of 4 here, so the tail starts at byte 0 of the rotated key. */
+    for (; i < n; i++) {
+        out[i] = in[i] ^ k[i & 3];
+    }
+}
+
 static PyObject *
 apply_mask(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -55,39 +91,14 @@ apply_mask(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         memcpy(PyBytes_AS_STRING(result), prefix.buf, prefix.len);
     }
     {
-        const unsigned char *in = (const unsigned char *)data.buf;
-        const unsigned char *m = (const unsigned char *)mask.buf;
         unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result) + prefix.len;
-        Py_ssize_t n = data.len, i = 0;
-        uint32_t key32;
-        uint64_t key64;
-
-        memcpy(&key32, m, 4);
-        key64 = ((uint64_t)key32 << 32) | key32;
         PyThreadState *save = NULL;
 
-        if (n > RELEASE_GIL_ABOVE) {
+        if (data.len > RELEASE_GIL_ABOVE) {
             save = PyEval_SaveThread();
         }
-#ifdef __SSE2__
-        if (n >= 16) {
-            __m128i key128 = _mm_set1_epi32((int)key32);
-            for (; i + 16 <= n; i += 16) {
-                __m128i v = _mm_loadu_si128((const __m128i *)(in + i));
-                _mm_storeu_si128((__m128i *)(out + i), _mm_xor_si128(v, key128));
-            }
-        }
-#endif
-        for (; i + 8 <= n; i += 8) {
-            uint64_t v;
-            memcpy(&v, in + i, 8);
-            v ^= key64;
-            memcpy(out + i, &v, 8);
-        }
-        /* i is a multiple of 4 here, so the tail starts at mask byte 0. */
-        for (; i < n; i++) {
-            out[i] = in[i] ^ m[i & 3];
-        }
+        mask_into(out, (const unsigned char *)data.buf, data.len,
+                  (const unsigned char *)mask.buf, 0);
         if (save != NULL) {
             PyEval_RestoreThread(save);
         }
@@ -101,7 +112,81 @@ done:
     return result;
 }
 
+/* join_and_mask(parts, mask) -> bytes: the parts one after the other, masked as one
+ * payload. A big frame arrives in many reads; joining them and then masking the
+ * result would copy the payload twice, into two fresh allocations. */
+static PyObject *
+join_and_mask(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer mask;
+    PyObject *seq = NULL, *result = NULL;
+    Py_buffer *views = NULL;
+    Py_ssize_t count = 0, held = 0, total = 0;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "join_and_mask() takes 2 arguments (parts, mask)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &mask, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (mask.len != 4) {
+        PyErr_SetString(PyExc_ValueError, "mask must be 4 bytes");
+        goto done;
+    }
+    seq = PySequence_Fast(args[0], "parts must be a sequence of bytes-like objects");
+    if (seq == NULL) {
+        goto done;
+    }
+    count = PySequence_Fast_GET_SIZE(seq);
+    views = PyMem_Calloc(count ? count : 1, sizeof(Py_buffer));
+    if (views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; held < count; held++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, held), &views[held],
+                               PyBUF_SIMPLE) < 0) {
+            goto done;
+        }
+        total += views[held].len;
+    }
+    result = PyBytes_FromStringAndSize(NULL, total);
+    if (result == NULL) {
+        goto done;
+    }
+    {
+        unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+        const unsigned char *m = (const unsigned char *)mask.buf;
+        Py_ssize_t offset = 0;
+        PyThreadState *save = NULL;
+
+        if (total > RELEASE_GIL_ABOVE) {
+            save = PyEval_SaveThread();
+        }
+        for (Py_ssize_t i = 0; i < count; i++) {
+            mask_into(out + offset, (const unsigned char *)views[i].buf, views[i].len, m,
+                      offset & 3);
+            offset += views[i].len;
+        }
+        if (save != NULL) {
+            PyEval_RestoreThread(save);
+        }
+    }
+done:
+    for (Py_ssize_t i = 0; i < held; i++) {
+        PyBuffer_Release(&views[i]);
+    }
+    PyMem_Free(views);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&mask);
+    return result;
+}
+
 static PyMethodDef speedups_methods[] = {
+    {"join_and_mask", (PyCFunction)(void (*)(void))join_and_mask, METH_FASTCALL,
+     "join_and_mask(parts, mask) -> bytes\n\n"
+     "The parts one after the other, XORed with the 4-byte mask as one payload."},
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
      "apply_mask(data, mask[, prefix]) -> bytes\n\n"
      "XOR data with the 4-byte mask repeated; prefix, if given, is copied in front."},

@@ -1,3 +1,6 @@
+from collections.abc import Sequence
+
 Buffer = bytes | bytearray | memoryview
 
 def apply_mask(data: Buffer, mask: Buffer, prefix: Buffer = ..., /) -> bytes: ...
+def join_and_mask(parts: Sequence[Buffer], mask: Buffer, /) -> bytes: ...

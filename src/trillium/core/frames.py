@@ -39,7 +39,7 @@ import struct
 from dataclasses import dataclass
 
 from ..exceptions import PayloadTooBig, ProtocolError
-from .mask import apply_mask
+from .mask import apply_mask, join_and_mask
 
 __all__ = ["MAX_CONTROL_PAYLOAD", "Frame", "FrameParser", "Opcode", "serialize_frame"]
 
@@ -148,7 +148,7 @@ class _Collecting:
     and slicing the frame out of it copies it once more; for a 1 MiB message that
     was several megabytes of copying (and as many fresh pages to fault in) per
     message. Keeping the chunks as they were read and joining them once the last
-    one is in costs a single copy (two when the payload must be unmasked).
+    one is in costs a single copy (unmasking included: see ``join_and_mask``).
     """
 
     __slots__ = ("fin", "key", "missing", "opcode", "parts", "rsv")
@@ -186,9 +186,7 @@ class _Collecting:
                 extra = 0
         after.reverse()
         rest = b"".join(after)
-        payload = b"".join(parts)
-        if self.key is not None:
-            payload = apply_mask(payload, self.key)
+        payload = b"".join(parts) if self.key is None else join_and_mask(parts, self.key)
         return Frame(self.opcode, payload, self.fin, self.rsv), rest
 
 

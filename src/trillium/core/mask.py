@@ -16,9 +16,10 @@ integer, which is about 50 times slower at 1 MiB but has no per-byte Python loop
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-__all__ = ["ACCELERATED", "apply_mask", "py_apply_mask"]
+__all__ = ["ACCELERATED", "apply_mask", "join_and_mask", "py_apply_mask", "py_join_and_mask"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -39,14 +40,23 @@ def py_apply_mask(data: Buffer, mask: Buffer, prefix: Buffer = b"", /) -> bytes:
     return bytes(prefix) + masked.to_bytes(n, "little")
 
 
+def py_join_and_mask(parts: Sequence[Buffer], mask: Buffer, /) -> bytes:
+    """The parts one after the other, masked as one payload (a big frame's payload
+    arrives in many reads: the compiled version masks them into the result in one
+    pass, rather than joining them first)."""
+    return py_apply_mask(b"".join(parts), mask)
+
+
 class _ApplyMask(Protocol):
     def __call__(self, data: Buffer, mask: Buffer, prefix: Buffer = ..., /) -> bytes: ...
 
 
 apply_mask: _ApplyMask
+join_and_mask: Callable[[Sequence[Buffer], Buffer], bytes]
 try:
     from ._speedups import apply_mask as _c_apply_mask
+    from ._speedups import join_and_mask as _c_join_and_mask
 except ImportError:  # no compiler at install time, or TRILLIUM_NO_EXTENSIONS=1
-    apply_mask, ACCELERATED = py_apply_mask, False
+    apply_mask, join_and_mask, ACCELERATED = py_apply_mask, py_join_and_mask, False
 else:
-    apply_mask, ACCELERATED = _c_apply_mask, True
+    apply_mask, join_and_mask, ACCELERATED = _c_apply_mask, _c_join_and_mask, True
