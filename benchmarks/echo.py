@@ -12,9 +12,12 @@ One load generator drives them all (``benchmarks/echo_load.py``, its own process
 non-blocking sockets, client frames masked and built once, replies counted by reading
 frame headers only. It sends the same bytes whatever the server, and at 16 B and 1 KiB
 does a fraction of any WebSocket server's work per message (at 64 KiB and up, both
-sides are mostly the kernel copying bytes), so the servers are what is measured. On a
-2-CPU machine the server and the generator each get a core. The raw TCP servers get
-the same number of bytes per message, unframed.
+sides are mostly the kernel copying bytes), so the servers are what is measured. With
+two CPUs or more, every server is pinned to one CPU and the generator (and, in the
+client section, each client) to another: left to the scheduler, whether the two
+shared a core or not changed a one-in-flight round trip between about 45 and 120 µs
+on a 2-CPU machine, which swamped what was measured. The raw TCP servers get the
+same number of bytes per message, unframed.
 
 What is measured:
 
@@ -129,6 +132,18 @@ QUICK = Settings(1, 0.1, 0.3, 0.3, 0.4, [200], 5)
 
 # --------------------------------------------------------------------- processes
 
+_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+def on_cpu(which: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` pinning a child process to this process's ``which``-th CPU
+    (0: servers, 1: load generator and clients), or None with fewer than two CPUs.
+    (``preexec_fn`` is unsafe only in a process running threads; this one runs none.)"""
+    if len(_CPUS) < 2:
+        return None
+    cpu = _CPUS[which]
+    return lambda: os.sched_setaffinity(0, {cpu})
+
 
 class ServerProcess:
     """One server subprocess; its stderr goes to a temporary file, shown if it fails."""
@@ -142,6 +157,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=self.stderr,
             stdin=subprocess.DEVNULL,
+            preexec_fn=on_cpu(0),
         )
         self.pid = self.proc.pid
         assert self.proc.stdout is not None
@@ -219,6 +235,7 @@ class LoadGenerator:
             stdout=subprocess.PIPE,
             text=True,
             bufsize=1,
+            preexec_fn=on_cpu(1),
         )
 
     def __call__(self, cmd: str, **kwargs: Any) -> dict[str, Any]:
@@ -448,6 +465,7 @@ class Bench:
                 text=True,
                 timeout=s.warmup + s.duration + 60,
                 check=False,
+                preexec_fn=on_cpu(1),
             )
         except subprocess.TimeoutExpired:
             self.fail(f"client:{name}", f"{fmt_size(size)} echo timed out")
