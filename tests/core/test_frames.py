@@ -8,6 +8,7 @@ import struct
 import sys
 import threading
 import time
+import tracemalloc
 
 import pytest
 
@@ -145,6 +146,28 @@ def test_parser_keeps_what_was_fed_past_a_big_frame_over_several_feeds() -> None
     assert parser.next_frame() == Frame(Opcode.TEXT, b"one", True, 0)
     assert parser.next_frame() == Frame(Opcode.TEXT, b"two", True, 0)
     assert parser.next_frame() is None
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_parser_holds_a_big_frame_dripped_byte_by_byte_in_little_more_than_its_size(
+    masked: bool,
+) -> None:
+    """RFC 6455 §10.4: a peer sending a big frame a byte per read can't make the parser
+    hold many times the payload (one object per read would be ~50 bytes per byte)."""
+    payload = os.urandom(frames.COLLECT_ABOVE * 4)
+    wire = serialize_frame(Opcode.BINARY, payload, mask=masked)
+    parser = FrameParser(expect_masked=masked)
+    tracemalloc.start()
+    try:
+        for i in range(len(wire) - 1):
+            parser.feed(wire[i : i + 1])
+            assert parser.next_frame() is None
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * len(payload)
+    parser.feed(wire[-1:])
+    assert parser.next_frame() == Frame(Opcode.BINARY, payload, True, 0)
 
 
 def test_parser_refuses_a_big_frame_over_limit_before_collecting_it() -> None:

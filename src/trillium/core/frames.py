@@ -140,6 +140,9 @@ def serialize_frame(
 #: of the chunks read (see ``_Collecting``) rather than grown in one buffer.
 COLLECT_ABOVE = 16384
 
+#: Chunks shorter than this are gathered together while a frame is collected.
+_SMALL_PART = 8192
+
 
 class _Collecting:
     """A big frame whose header is parsed and whose payload is still arriving.
@@ -166,13 +169,28 @@ class _Collecting:
         self.fin = fin
         self.rsv = rsv
         self.key = key
-        self.parts: list[bytes | memoryview] = [first]
+        self.parts: list[bytes | bytearray | memoryview] = [first]
         self.missing = missing  # payload bytes still to come; negative: read past the end
+
+    def add(self, data: bytes) -> None:
+        """One more chunk. Small ones are gathered into a shared ``bytearray``: a peer
+        that drips a big frame a few bytes per read would otherwise make a list of
+        objects many times the payload's size."""
+        parts = self.parts
+        if len(data) < _SMALL_PART:
+            last = parts[-1]
+            if type(last) is bytearray and len(last) < _SMALL_PART:
+                last += data
+            else:
+                parts.append(bytearray(data))
+        else:
+            parts.append(data)
+        self.missing -= len(data)
 
     def frame(self) -> tuple[Frame, bytes]:
         """The whole frame, and the bytes read past its end (the next frames')."""
         parts = self.parts
-        after: list[bytes | memoryview] = []  # what was fed past the end, last first
+        after: list[bytes | bytearray | memoryview] = []  # fed past the end, last first
         extra = -self.missing
         while extra > 0:
             last = parts.pop()
@@ -225,8 +243,7 @@ class FrameParser:
             data = bytes(data)  # never alias a buffer the caller may reuse
         collecting = self._collecting
         if collecting is not None:
-            collecting.parts.append(data)
-            collecting.missing -= len(data)
+            collecting.add(data)
             return
         buf = self._buf
         if self._pos >= len(buf):
