@@ -71,6 +71,9 @@ MASK_BIT = 0x80
 
 _H16 = struct.Struct("!BBH")
 _H64 = struct.Struct("!BBQ")
+_H7_KEY = struct.Struct("!BB4s")  # the same headers, with the masking key after them
+_H16_KEY = struct.Struct("!BBH4s")
+_H64_KEY = struct.Struct("!BBQ4s")
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 
@@ -123,16 +126,22 @@ def serialize_frame(
     """Encode one frame; a client passes ``mask=True`` and gets a fresh random key."""
     b0 = (FIN if fin else 0) | rsv | opcode
     n = len(payload)
-    m = MASK_BIT if mask else 0
-    if n < 126:
-        header = bytes((b0, m | n))
-    elif n < 65536:
-        header = _H16.pack(b0, m | 126, n)
-    else:
-        header = _H64.pack(b0, m | 127, n)
     if mask:
+        # Header and key packed at once, then the frame built in one allocation.
         key = mask_keys.next()
-        return apply_mask(payload, key, header + key)  # the frame in one allocation
+        if n < 126:
+            header = _H7_KEY.pack(b0, MASK_BIT | n, key)
+        elif n < 65536:
+            header = _H16_KEY.pack(b0, MASK_BIT | 126, n, key)
+        else:
+            header = _H64_KEY.pack(b0, MASK_BIT | 127, n, key)
+        return apply_mask(payload, key, header)
+    if n < 126:
+        header = bytes((b0, n))
+    elif n < 65536:
+        header = _H16.pack(b0, 126, n)
+    else:
+        header = _H64.pack(b0, 127, n)
     return header + payload
 
 
