@@ -180,6 +180,31 @@ def test_parser_refuses_a_big_frame_over_limit_before_collecting_it() -> None:
     assert parser.buffered == len(head)  # nothing was set aside to collect
 
 
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("opcode", [Opcode.TEXT, Opcode.BINARY])
+def test_parser_short_whole_messages_obey_every_rule(masked: bool, opcode: Opcode) -> None:
+    """RFC 6455 §5.2, §5.1, §10.4: short whole messages (parsed by a shorter path) are
+    still split anywhere, limited by max_payload, and refused with the wrong mask."""
+    payload = bytes(range(125))
+    data = serialize_frame(opcode, payload, mask=masked)
+    parser = FrameParser(expect_masked=masked)
+    for byte in data[:-1]:
+        parser.feed(bytes([byte]))
+        assert parser.next_frame() is None
+    parser.feed(data[-1:])
+    assert parser.next_frame() == Frame(opcode, payload, True, 0)
+
+    parser = FrameParser(expect_masked=masked)
+    parser.feed(serialize_frame(opcode, b"x" * 10, mask=masked))
+    with pytest.raises(PayloadTooBig):
+        parser.next_frame(max_payload=9)
+
+    parser = FrameParser(expect_masked=not masked)
+    parser.feed(serialize_frame(opcode, b"x" * 10, mask=masked))
+    with pytest.raises(ProtocolError, match="mask"):
+        parser.next_frame()
+
+
 def test_parser_returns_every_frame_of_one_chunk() -> None:
     """RFC 6455 §5.2: frames follow each other on the stream without separators."""
     parser = FrameParser(expect_masked=False)

@@ -61,6 +61,7 @@ class Opcode(enum.IntEnum):
 
 
 _OPCODES = {int(op): op for op in Opcode}
+_TEXT, _BINARY = Opcode.TEXT, Opcode.BINARY
 
 #: Control frames carry at most 125 bytes (RFC 6455 §5.5), so they fit the 7-bit length.
 MAX_CONTROL_PAYLOAD = 125
@@ -284,6 +285,24 @@ class FrameParser:
             return None
         b0 = buf[pos]
         b1 = buf[pos + 1]
+        # The common case first, in few steps: a whole text or binary message of at
+        # most 125 bytes, no RSV bit, masked exactly when it must be. It passes every
+        # check below by construction; any other frame goes through them.
+        masking = self.expect_masked
+        length = b1 ^ MASK_BIT if masking else b1
+        if (b0 == 0x82 or b0 == 0x81) and length < 126 and length <= max_payload:
+            start = pos + 6 if masking else pos + 2
+            end = start + length
+            if end - pos > avail:
+                return None
+            if masking:
+                payload = apply_mask(buf[start:end], buf[start - 4 : start])
+            elif isinstance(buf, bytes):
+                payload = buf[start:end]
+            else:
+                payload = bytes(buf[start:end])
+            self._pos = end
+            return Frame(_BINARY if b0 == 0x82 else _TEXT, payload, True, 0)
         fin = b0 & FIN
         rsv = b0 & 0x70
         opcode = b0 & 0x0F
