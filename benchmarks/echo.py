@@ -69,7 +69,9 @@ out, whatever happens.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import operator
 import os
 import platform
 import select
@@ -771,7 +773,7 @@ class Report:
                 line(
                     f"{label} at {fmt_size(size)} <= {limit}x",
                     cmp(f"{metric} {size}", False),
-                    lambda v, limit=limit: v <= limit,
+                    functools.partial(operator.ge, limit),  # v <= limit
                 )
         if "connections" in sections:
             for n in settings.connections:
