@@ -180,12 +180,13 @@ class _Collecting:
         self.rsv = rsv
         self.key = key
         self.parts: list[bytes | bytearray | memoryview] = [first]
-        self.missing = missing  # payload bytes still to come; negative: read past the end
+        self.missing = missing  # payload bytes still to come
 
-    def add(self, data: bytes) -> None:
-        """One more chunk. Small ones are gathered into a shared ``bytearray``: a peer
-        that drips a big frame a few bytes per read would otherwise make a list of
-        objects many times the payload's size."""
+    def add(self, data: bytes | memoryview) -> None:
+        """One more chunk, all of it payload (``FrameParser`` cuts a chunk at the
+        frame's end), in a buffer nobody changes. Small ones are gathered into a
+        shared ``bytearray``: a peer that drips a big frame a few bytes per read
+        would otherwise make a list of objects many times the payload's size."""
         parts = self.parts
         if len(data) < _SMALL_PART:
             last = parts[-1]
@@ -197,25 +198,11 @@ class _Collecting:
             parts.append(data)
         self.missing -= len(data)
 
-    def frame(self) -> tuple[Frame, bytes]:
-        """The whole frame, and the bytes read past its end (the next frames')."""
+    def frame(self) -> Frame:
+        """The whole frame, once nothing is missing."""
         parts = self.parts
-        after: list[bytes | bytearray | memoryview] = []  # fed past the end, last first
-        extra = -self.missing
-        while extra > 0:
-            last = parts.pop()
-            if len(last) <= extra:
-                after.append(last)
-                extra -= len(last)
-            else:
-                cut = len(last) - extra
-                after.append(last[cut:])
-                parts.append(memoryview(last)[:cut])
-                extra = 0
-        after.reverse()
-        rest = b"".join(after)
         payload = b"".join(parts) if self.key is None else join_and_mask(parts, self.key)
-        return Frame(self.opcode, payload, self.fin, self.rsv), rest
+        return Frame(self.opcode, payload, self.fin, self.rsv)
 
 
 class FrameParser:
@@ -248,17 +235,27 @@ class FrameParser:
         return buffered
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append received bytes. A fully consumed buffer is replaced, not copied."""
+        """Append received bytes. A ``bytes`` object is kept as it is (and replaces
+        a fully consumed buffer); any other buffer is copied, as its owner may reuse
+        it."""
         if type(data) is not bytes:
-            data = bytes(data)  # never alias a buffer the caller may reuse
+            data = bytes(data)
         collecting = self._collecting
-        if collecting is not None:
-            collecting.add(data)
+        if collecting is not None and collecting.missing:
+            # The payload part goes to the frame being collected; what follows is
+            # the next frames', parsed from where it is, uncopied.
+            missing = collecting.missing
+            if len(data) <= missing:
+                collecting.add(data)
+                return
+            collecting.add(memoryview(data)[:missing])
+            self._buf, self._pos = data, missing
             return
         buf = self._buf
         if self._pos >= len(buf):
-            self._buf = data
-        elif isinstance(buf, bytes):
+            self._buf, self._pos = data, 0
+            return
+        if isinstance(buf, bytes):
             self._buf = bytearray(memoryview(buf)[self._pos :]) + data
         else:
             del buf[: self._pos]
@@ -272,10 +269,9 @@ class FrameParser:
         data frame payload over ``max_payload`` bytes.
         """
         if self._collecting is not None:
-            if self._collecting.missing > 0:
+            if self._collecting.missing:
                 return None
-            frame, self._buf = self._collecting.frame()
-            self._pos = 0
+            frame = self._collecting.frame()
             self._collecting = None
             return frame
         buf = self._buf
