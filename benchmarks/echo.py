@@ -50,6 +50,19 @@ What is measured:
   (how it batches writes), not what a client library costs, so the client targets are
   checked against both, labelled.
 
+**The allocator.** At 64 KiB and 1 MiB, what a process pays per message swings with
+glibc malloc's dynamic thresholds: once a freed block at the top of the heap exceeds
+the trim threshold (128 KiB until a big ``mmap``-ed block is freed), the heap is given
+back to the kernel, and the next messages fault its pages in again, in the kernel's
+copy into a fresh receive buffer or in the copy of a payload. Which processes fall into
+that depends on what they happened to free first: the same websockets client measured
+0 to 11 page faults per 64 KiB message from one run to the next, and faults were half
+of trillium's client CPU. So every process of the echo, latency, handshake and client
+sections runs with ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` at 32 MiB
+(no faults per message for anyone), the same for every library; ``--malloc default``
+measures with glibc's defaults instead. The memory section's servers always keep the
+defaults, since a higher trim threshold would hold freed memory in their RSS.
+
 An idle server should use no CPU: every echo cell also checks that the servers not
 being measured stayed idle, and reports any that did not (under "Interference").
 
@@ -60,10 +73,10 @@ are trillium over websockets from this same run. Before timing, every server mus
 three distinct random messages of each size byte for byte.
 
 Usage: ``python benchmarks/echo.py [--quick] [--only NAME[,NAME...]]
-[--sections echo,latency,handshakes,connections,clients]`` (``nox -s bench`` runs it
-after ``core.py``). The full run takes about 6 minutes on 2 CPUs; ``--quick`` (short
-windows, one round, 200 connections) under one. Every subprocess is stopped on the way
-out, whatever happens.
+[--sections echo,latency,handshakes,connections,clients] [--malloc fixed|default]``
+(``nox -s bench`` runs it after ``core.py``). The full run takes about 6 minutes on 2
+CPUs; ``--quick`` (short windows, one round, 200 connections) under one. Every
+subprocess is stopped on the way out, whatever happens.
 """
 
 from __future__ import annotations
@@ -134,6 +147,16 @@ QUICK = Settings(1, 0.1, 0.3, 0.3, 0.4, [200], 5)
 
 # --------------------------------------------------------------------- processes
 
+#: glibc malloc settings for the processes of the throughput sections (see above).
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * MIB), "MALLOC_TRIM_THRESHOLD_": str(32 * MIB)}
+MALLOC_ENV: dict[str, str] = {}  # FIXED_MALLOC unless --malloc default
+
+
+def environment(malloc: bool) -> dict[str, str]:
+    """The environment for a child process: ours, plus MALLOC_ENV when ``malloc``."""
+    return {**os.environ, **MALLOC_ENV} if malloc else dict(os.environ)
+
+
 _CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
@@ -160,6 +183,7 @@ class ServerProcess:
             stderr=self.stderr,
             stdin=subprocess.DEVNULL,
             preexec_fn=on_cpu(0),
+            env=environment(mode != "fanout"),  # fan-out servers: RSS is measured
         )
         self.pid = self.proc.pid
         assert self.proc.stdout is not None
@@ -238,6 +262,7 @@ class LoadGenerator:
             text=True,
             bufsize=1,
             preexec_fn=on_cpu(1),
+            env=environment(True),
         )
 
     def __call__(self, cmd: str, **kwargs: Any) -> dict[str, Any]:
@@ -468,6 +493,7 @@ class Bench:
                 timeout=s.warmup + s.duration + 60,
                 check=False,
                 preexec_fn=on_cpu(1),
+                env=environment(True),
             )
         except subprocess.TimeoutExpired:
             self.fail(f"client:{name}", f"{fmt_size(size)} echo timed out")
@@ -856,6 +882,7 @@ def write_json(path: Path, results: Results, settings: Settings, *, quick: bool)
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "trillium_source": source_revision(),
+        "malloc": MALLOC_ENV,
         "values": {metric: dict(servers) for metric, servers in results.values.items()},
     }
     path.write_text(json.dumps(data, indent=1) + "\n")
@@ -876,7 +903,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="PATH",
         help="also write every measurement here (notebooks/07_performance.ipynb plots it)",
     )
+    parser.add_argument(
+        "--malloc",
+        choices=["fixed", "default"],
+        default="fixed",
+        help="glibc malloc thresholds for the throughput sections (see above)",
+    )
     args = parser.parse_args(argv)
+    MALLOC_ENV.clear()
+    if args.malloc == "fixed":
+        MALLOC_ENV.update(FIXED_MALLOC)
     for name in args.only:
         if name not in SERVERS:
             parser.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
@@ -893,6 +929,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     libs = ["trillium", "websockets", "trio-websocket", "aiohttp", "picows", "trio", "anyio"]
     print("- " + ", ".join(f"{lib} {version(lib)}" for lib in libs))
     print(f"- trillium source: {source_revision()}")
+    malloc = " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items()) or "glibc's defaults"
+    print(f"- malloc, except for the memory section's servers: {malloc}")
     print(
         f"- {settings.rounds} round(s); echo windows {settings.duration} s after "
         f"{settings.warmup} s of warm-up; idle connections: "
