@@ -41,7 +41,9 @@ What is measured:
   sending. The time is from the server's ``time.monotonic_ns()`` just before the
   broadcast (carried in the message) to the generator holding the last copy; the
   median of the rounds is reported, with the server's CPU per fan-out (10 ms clock
-  ticks spread over the rounds: coarse).
+  ticks spread over the rounds: coarse). A third as many rounds again come first, not
+  counted: every server's first fan-outs to fresh connections are slower, by up to
+  half (measured for trillium and websockets alike, e.g. 15-20 ms falling to 11-14).
 * **Client libraries** (``benchmarks/echo_clients.py``): the other way round, one fixed
   server (picows, the cheapest) and each library's client (``trillium.connect`` on trio
   and on asyncio, websockets, trio-websocket, aiohttp, picows) keeping 64 messages in
@@ -567,6 +569,7 @@ class Bench:
                     "fanout",
                     clients=held,
                     rounds=s.fanout_rounds,
+                    warmup=s.fanout_rounds // 3,
                 )
                 if "error" not in r:
                     self.results.add("fanout", name, r["median_ms"])
