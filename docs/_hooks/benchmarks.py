@@ -49,6 +49,15 @@ def _table(
     return "\n".join(lines)
 
 
+def _malloc(settings: dict[str, str] | None) -> str:
+    if settings is None:
+        return "glibc malloc's default settings."
+    if not settings:
+        return "glibc malloc's default settings (`--malloc default`)."
+    fixed = ", ".join(f"`{k}={v}`" for k, v in settings.items())
+    return f"Every process but the memory section's servers ran with {fixed}."
+
+
 def tables(data: dict[str, Any]) -> str:
     values = data["values"]
     seen = {server for metric in values.values() for server in metric}
@@ -57,7 +66,7 @@ def tables(data: dict[str, Any]) -> str:
     parts = [
         f"Run: `{data['benchmark']}{' --quick' if data['quick'] else ''}`, best of "
         f"{data['rounds']} round(s), Python {data['python']}, {data['cpus']} CPUs, "
-        f"trillium source {data['trillium_source']}.",
+        f"trillium source {data['trillium_source']}. " + _malloc(data.get("malloc")),
         "### Echo throughput (messages per second, 64 in flight, higher is better)",
         _table(values, servers, [(_size(z), f"rate {z}") for z in sizes], True, ",.0f"),
         "### Echo throughput relative to websockets, same run (higher is better)",
