@@ -243,7 +243,8 @@ class FrameParser:
         collecting = self._collecting
         if collecting is not None and collecting.missing:
             # The payload part goes to the frame being collected; what follows is
-            # the next frames', parsed from where it is, uncopied.
+            # the next frames', parsed from where it is, uncopied (nothing else is
+            # buffered while a frame is collected: see _collect).
             missing = collecting.missing
             if len(data) <= missing:
                 collecting.add(data)
