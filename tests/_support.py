@@ -1,6 +1,8 @@
 """Helpers for the connection, server and client tests.
 
 - ``serving(handler, **kwargs)``: a trillium server on 127.0.0.1, port 0, and its URI;
+- ``echo``: the handler that sends every message back; ``recording_echo(handled)``
+  does the same after adding its connection to ``handled``;
 - ``RawClient``: a hand-driven client over a plain trio socket (a hand-made opening
   handshake, frames built with ``serialize_frame``), for peers that misbehave;
 - ``raw_server(behaviour)``: a plain trio TCP server calling ``behaviour(stream)`` for
@@ -26,6 +28,23 @@ from trillium.core.handshake import Request, ServerHandshake, accept_key
 
 #: Upper bound for any single test.
 TEST_TIMEOUT = 10
+
+
+async def echo(ws: trillium.ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+def recording_echo(
+    handled: list[trillium.ServerConnection],
+) -> Callable[[trillium.ServerConnection], Awaitable[None]]:
+    """An ``echo`` handler that first adds its connection to ``handled``."""
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        handled.append(ws)
+        await echo(ws)
+
+    return handler
 
 
 def port_of(server: trillium.WebSocketServer) -> int:

@@ -25,6 +25,7 @@ from trillium.core.frames import FrameParser, Opcode, serialize_frame
 from ._support import (
     TEST_TIMEOUT,
     accept_handshake,
+    echo,
     raw_server,
     read_frames,
     read_request,
@@ -32,11 +33,6 @@ from ._support import (
     uri_of,
     wait_until,
 )
-
-
-async def echo(ws: ServerConnection) -> None:
-    async for message in ws:
-        await ws.send(message)
 
 
 def redirect_server(location: str, hits: list[str], status: int = 302):  # type: ignore[no-untyped-def]

@@ -28,6 +28,7 @@ from ._support import (
     TEST_TIMEOUT,
     RawClient,
     close_payload,
+    echo,
     port_of,
     raw_server,
     read_frames,
@@ -40,11 +41,6 @@ MiB = 2**20
 TAIL = b"\x00\x00\xff\xff"
 DEFAULT_OFFER = "permessage-deflate; client_max_window_bits"
 DEFAULT_ANSWER = "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
-
-
-async def echo(ws: trillium.ServerConnection) -> None:
-    async for message in ws:
-        await ws.send(message)
 
 
 def text_like(n: int) -> str:

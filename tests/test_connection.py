@@ -37,6 +37,7 @@ from ._support import (
     RawClient,
     accept_handshake,
     close_payload,
+    echo,
     port_of,
     raw_server,
     read_frames,
@@ -45,12 +46,6 @@ from ._support import (
     uri_of,
     wait_until,
 )
-
-
-async def echo(ws: trillium.ServerConnection) -> None:
-    async for message in ws:
-        await ws.send(message)
-
 
 # --------------------------------------------------------------------------- send / recv
 

@@ -29,6 +29,7 @@ from ._support import (
     accept_handshake,
     close_payload,
     count_tasks,
+    echo,
     open_fds,
     port_of,
     raw_server,
@@ -44,11 +45,6 @@ REQUEST = (
     b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
 )
-
-
-async def echo(ws: trillium.ServerConnection) -> None:
-    async for message in ws:
-        await ws.send(message)
 
 
 async def read_response(sock: trio.socket.SocketType) -> bytes:

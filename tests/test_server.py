@@ -30,16 +30,13 @@ from trillium import (
 from ._support import (
     TEST_TIMEOUT,
     RawClient,
+    echo,
     port_of,
+    recording_echo,
     serving,
     uri_of,
     wait_until,
 )
-
-
-async def echo(ws: ServerConnection) -> None:
-    async for message in ws:
-        await ws.send(message)
 
 
 async def report_subprotocol(ws: ServerConnection) -> None:
@@ -370,12 +367,7 @@ async def test_a_closed_connections_stream_is_closed_as_by_its_aclose() -> None:
     # checkpoint), to the same effect: the stream says it is closed.
     with trio.fail_after(TEST_TIMEOUT):
         handled: list[ServerConnection] = []
-
-        async def handler(ws: ServerConnection) -> None:
-            handled.append(ws)
-            await echo(ws)
-
-        async with serving(handler) as (server, uri):
+        async with serving(recording_echo(handled)) as (server, uri):
             async with trillium.connect(uri) as ws:
                 await ws.send("x")
                 assert await ws.recv() == "x"
@@ -607,12 +599,7 @@ async def test_cancelling_a_nursery_started_server_closes_connections_with_1001(
 async def test_server_connections_tracks_open_connections() -> None:
     with trio.fail_after(TEST_TIMEOUT):
         handled: list[ServerConnection] = []
-
-        async def handler(ws: ServerConnection) -> None:
-            handled.append(ws)
-            await echo(ws)
-
-        async with serving(handler) as (server, uri):
+        async with serving(recording_echo(handled)) as (server, uri):
             assert server.connections == set()
             async with trillium.connect(uri) as first:
                 await wait_until(lambda: len(server.connections) == 1)

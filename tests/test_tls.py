@@ -10,7 +10,7 @@ import trustme
 
 import trillium
 
-from ._support import TEST_TIMEOUT, port_of
+from ._support import TEST_TIMEOUT, echo, port_of
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +30,6 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return context
-
-
-async def echo(ws: trillium.ServerConnection) -> None:
-    async for message in ws:
-        await ws.send(message)
 
 
 async def test_wss_exchanges_messages_over_tls(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 import pytest
 
@@ -15,14 +16,20 @@ from trillium.core.mask import (
     py_join_and_mask,
 )
 
-IMPLEMENTATIONS = [
-    pytest.param(py_apply_mask, id="python"),
-    pytest.param(
-        apply_mask,
-        id="accelerated",
-        marks=pytest.mark.skipif(not ACCELERATED, reason="C accelerator not built"),
-    ),
-]
+
+def python_and_accelerated(python: object, accelerated: object) -> list[Any]:
+    """Parameters for a test run against both versions of a function."""
+    return [
+        pytest.param(python, id="python"),
+        pytest.param(
+            accelerated,
+            id="accelerated",
+            marks=pytest.mark.skipif(not ACCELERATED, reason="C accelerator not built"),
+        ),
+    ]
+
+
+IMPLEMENTATIONS = python_and_accelerated(py_apply_mask, apply_mask)
 KEY = b"\x37\xfa\x21\x3d"
 
 
@@ -105,14 +112,7 @@ def test_wrong_length_mask_raises_value_error_with_a_prefix(impl) -> None:  # ty
         impl(b"data", b"abc", b"prefix")
 
 
-JOIN_IMPLEMENTATIONS = [
-    pytest.param(py_join_and_mask, id="python"),
-    pytest.param(
-        join_and_mask,
-        id="accelerated",
-        marks=pytest.mark.skipif(not ACCELERATED, reason="C accelerator not built"),
-    ),
-]
+JOIN_IMPLEMENTATIONS = python_and_accelerated(py_join_and_mask, join_and_mask)
 
 
 @pytest.mark.parametrize("impl", JOIN_IMPLEMENTATIONS)
