@@ -7,10 +7,12 @@ pings, never answers a close frame.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import struct
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import anyio
@@ -677,6 +679,99 @@ async def test_sends_queued_behind_a_full_kernel_buffer_all_arrive_before_the_cl
         assert received == messages
 
 
+async def test_big_messages_queued_behind_a_full_kernel_buffer_arrive_whole_and_in_order() -> None:
+    """A big binary message is queued as its header and its payload, and goes out in
+    vectored writes that the kernel may cut anywhere (inside a header, between
+    messages); small frames queued between big ones join them. The peer, which
+    starts reading once all of it is queued, gets every byte in order."""
+    with trio.fail_after(TEST_TIMEOUT):
+        sizes = [65536, 3, 2**20 + 3, 65535, 70000, 10, 2**21, 65536]
+        messages: list[str | bytes] = []
+        for i, size in enumerate(sizes):
+            messages.append(random.Random(i).randbytes(size))
+            messages.append(f"after {i}")
+        queued = trio.Event()
+
+        async def handler(ws: trillium.ServerConnection) -> None:
+            for message in messages:
+                await ws.send(message)
+            queued.set()
+            await ws.wait_closed()
+
+        async with serving(handler, write_limit=2**26) as (server, _):
+            client = await RawClient.connect(port_of(server), rcvbuf=4096)
+            await queued.wait()
+            received: list[str | bytes] = []
+            while len(received) < len(messages):
+                frame = await client.recv_frame()
+                assert frame is not None
+                payload = frame.payload
+                received.append(payload.decode() if frame.opcode is Opcode.TEXT else payload)
+            client.close()
+        assert received == messages
+
+
+async def test_server_sends_a_big_binary_message_without_copying_its_payload() -> None:
+    """On a plain socket the frame header and the payload go out in one vectored
+    write: sending 8 MiB allocates nothing near 8 MiB (the peer here reads into one
+    buffer it owns, so the sender's allocations are all that is traced)."""
+    with trio.fail_after(TEST_TIMEOUT):
+        payload = os.urandom(2**23)
+        go, sent = trio.Event(), trio.Event()
+
+        async def handler(ws: trillium.ServerConnection) -> None:
+            await go.wait()
+            await ws.send(payload)
+            await ws._flush()
+            sent.set()
+            await ws.wait_closed()
+
+        async with serving(handler) as (server, _):
+            client = await RawClient.connect(port_of(server))
+            expected = len(payload) + 10  # after the 10-byte header of a 64-bit length
+            into = bytearray(expected)
+            view = memoryview(into)
+            got = 0
+            tracemalloc.start()
+            try:
+                go.set()
+                while got < expected:
+                    got += await client.sock.recv_into(view[got:])
+                await sent.wait()
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            client.close()
+        assert into[10:] == payload
+        assert peak < 2**20, peak
+
+
+async def test_peer_resetting_while_a_big_message_is_written_closes_the_connection() -> None:
+    """The writer is part-way through big messages, waiting for room in the kernel's
+    buffer, when the peer resets the connection: the connection closes abnormally
+    (1006), the handler's wait ends, and the server forgets it."""
+    with trio.fail_after(TEST_TIMEOUT):
+        writing = trio.Event()
+        outcome: list[int | None] = []
+
+        async def handler(ws: trillium.ServerConnection) -> None:
+            for _ in range(4):
+                await ws.send(bytes(2**21))
+            writing.set()
+            await ws.wait_closed()
+            outcome.append(ws.close_code)
+
+        async with serving(handler, write_limit=2**26) as (server, _):
+            client = await RawClient.connect(port_of(server), rcvbuf=4096)
+            await writing.wait()
+            server_side = next(iter(server.connections))
+            await wait_until(lambda: server_side._writing)
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+            await wait_until(lambda: bool(outcome) and not server.connections)
+        assert outcome == [1006]
+
+
 async def _set_later(event: trio.Event) -> None:
     await trio.sleep(0.2)
     event.set()
@@ -861,6 +956,31 @@ async def test_server_close_gives_up_after_close_timeout_when_client_never_answe
             await wait_until(lambda: "code" in outcome)
         assert 0.25 <= outcome["elapsed"] < 1.5  # type: ignore[operator]
         assert outcome["state"] is State.CLOSED
+        assert outcome["code"] == 1006
+
+
+async def test_server_close_gives_up_after_close_timeout_while_big_messages_wait_to_go_out() -> (
+    None
+):
+    """A client that reads nothing holds back megabytes queued ahead of the close
+    frame: close() stops waiting for them after close_timeout and drops TCP, with
+    the writer part-way through them."""
+    with trio.fail_after(TEST_TIMEOUT):
+        outcome: dict[str, object] = {}
+
+        async def handler(ws: trillium.ServerConnection) -> None:
+            for _ in range(4):
+                await ws.send(bytes(2**21))
+            start = trio.current_time()
+            await ws.close(1000, "bye")
+            outcome["elapsed"] = trio.current_time() - start
+            outcome["code"] = ws.close_code
+
+        async with serving(handler, close_timeout=0.3, write_limit=2**26) as (server, _):
+            client = await RawClient.connect(port_of(server), rcvbuf=4096)
+            await wait_until(lambda: "code" in outcome)
+            client.close()
+        assert 0.25 <= outcome["elapsed"] < 1.5  # type: ignore[operator]
         assert outcome["code"] == 1006
 
 

@@ -318,9 +318,7 @@ class _ThreadedConnection(Connection):
         """
         now = time.monotonic()
         with self.lock:
-            frame = self._encode(message, None, True)
-            self._out.append(frame)
-            self._out_size += len(frame)
+            self._enqueue(self._encode(message, None, True))
             if self.received or now - self._last_send > _BATCH_WINDOW:
                 self._push()
             elif not self._flush_scheduled:
@@ -451,7 +449,7 @@ class _ThreadedConnection(Connection):
 
     # ------------------------------------------------------------ both threads
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | list[bytes]) -> None:
         with self.lock:
             super()._write(data)
 
@@ -577,7 +575,7 @@ class _ThreadedConnection(Connection):
     def _queue_full(self) -> bool:  # all complete messages
         return len(self._undelivered) + self.inbox.qsize() >= self._queue_high
 
-    def _take_out(self) -> bytes | memoryview:
+    def _take_out(self) -> bytes | memoryview | list[bytes | memoryview]:
         with self.lock:
             return super()._take_out()
 

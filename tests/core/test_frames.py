@@ -17,7 +17,7 @@ from trillium.core.extensions import Extension
 from trillium.core.frames import Frame, FrameParser, Opcode, serialize_frame
 from trillium.core.mask import apply_mask
 from trillium.core.protocol import CLIENT, SERVER, Message, Ping, Pong, Protocol, Role
-from trillium.exceptions import PayloadTooBig, ProtocolError
+from trillium.exceptions import InvalidState, PayloadTooBig, ProtocolError
 
 from ._helpers import assert_fails, peer_frame, raw_frame, sent_frames
 
@@ -68,6 +68,50 @@ def test_sender_uses_shortest_payload_length_encoding(size: int, header: bytes) 
     assert data == header + payload
     # The protocol's own send path must use the same encoding.
     assert Protocol(SERVER).send_binary(payload) == header + payload
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 1 << 20])
+@pytest.mark.parametrize(("fin", "rsv"), [(True, 0), (False, 0x40)])
+def test_frame_parts_are_the_frame_with_the_payload_itself_behind_the_header(
+    size: int, fin: bool, rsv: int
+) -> None:
+    """Unmasked, ``serialize_frame_parts`` gives the same bytes as ``serialize_frame``,
+    as a header and the very payload object (nothing copied): a vectored write of
+    the two puts the frame on the wire."""
+    payload = os.urandom(size)
+    header, body = frames.serialize_frame_parts(
+        Opcode.BINARY, payload, mask=False, fin=fin, rsv=rsv
+    )
+    assert body is payload
+    assert header + body == serialize_frame(Opcode.BINARY, payload, mask=False, fin=fin, rsv=rsv)
+
+
+def test_masked_frame_parts_are_one_buffer_holding_the_masked_frame() -> None:
+    """A client's frame is masked into a fresh buffer anyway: one part, a whole frame."""
+    payload = os.urandom(70000)
+    (frame,) = frames.serialize_frame_parts(Opcode.BINARY, payload, mask=True)
+    assert parse_one(frame, masked=True).payload == payload
+
+
+def test_binary_passthrough_frames_follow_the_same_fragmentation_rules() -> None:
+    """``send_binary_passthrough`` is ``send_binary`` with the payload passed through:
+    same opcodes for a fragmented message, same refusal to interleave a text one, and
+    negotiated extensions still apply (here, one that sets RSV1)."""
+    payload = os.urandom(100000)
+    proto = Protocol(SERVER, extensions=[ClaimRsv1()])
+    twin = Protocol(SERVER, extensions=[ClaimRsv1()])
+    first = proto.send_binary_passthrough(payload, fin=False)
+    assert first[-1] is payload
+    assert b"".join(first) == twin.send_binary(payload, fin=False)
+    with pytest.raises(InvalidState):
+        proto.send_text("interleaved", fin=True)
+    last = proto.send_binary_passthrough(b"end")
+    assert b"".join(last) == twin.send_binary(b"end")
+    parsed = [parse_one(b"".join(p), masked=False, allowed_rsv=0x40) for p in (first, last)]
+    assert [(f.opcode, f.fin, f.rsv) for f in parsed] == [
+        (Opcode.BINARY, False, 0x40),
+        (Opcode.CONTINUATION, True, 0x40),
+    ]
 
 
 def test_serialize_sets_fin_rsv_and_opcode_bits() -> None:

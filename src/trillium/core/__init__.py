@@ -7,7 +7,7 @@ the masking loop. Everything here can be read top to bottom to learn the protoco
 """
 
 from .close import Close, CloseCode
-from .frames import Frame, FrameParser, Opcode, serialize_frame
+from .frames import Frame, FrameParser, Opcode, serialize_frame, serialize_frame_parts
 from .handshake import (
     ClientHandshake,
     Headers,
@@ -42,4 +42,5 @@ __all__ = [
     "accept_key",
     "apply_mask",
     "serialize_frame",
+    "serialize_frame_parts",
 ]

@@ -30,8 +30,9 @@ that fails the connection is already queued in ``data_to_send()``.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..exceptions import (
     ConnectionClosedError,
@@ -43,7 +44,14 @@ from ..exceptions import (
 )
 from .close import Close, CloseCode
 from .extensions import Extension
-from .frames import MAX_CONTROL_PAYLOAD, Frame, FrameParser, Opcode, serialize_frame
+from .frames import (
+    MAX_CONTROL_PAYLOAD,
+    Frame,
+    FrameParser,
+    Opcode,
+    serialize_frame,
+    serialize_frame_parts,
+)
 from .utf8 import Utf8Decoder
 
 __all__ = [
@@ -116,6 +124,9 @@ _UNLIMITED = 2**63 - 1
 _TEXT, _BINARY, _CONTINUATION = Opcode.TEXT, Opcode.BINARY, Opcode.CONTINUATION
 _PING, _PONG = Opcode.PING, Opcode.PONG
 _OPEN, _CLOSED = State.OPEN, State.CLOSED
+
+#: What a frame is serialized as: ``bytes``, or ``list[bytes]`` (``send_binary_passthrough``).
+_Wire = TypeVar("_Wire")
 
 
 class Protocol:
@@ -369,13 +380,28 @@ class Protocol:
 
     def send_text(self, data: str, fin: bool = True) -> bytes:
         """Encode a text message, or one fragment of it when ``fin=False``."""
-        return self._send_data(_TEXT, data.encode("utf-8"), fin)
+        return self._send_data(_TEXT, data.encode("utf-8"), fin, serialize_frame)
 
     def send_binary(self, data: bytes | bytearray | memoryview, fin: bool = True) -> bytes:
         """Encode a binary message, or one fragment of it when ``fin=False``."""
-        return self._send_data(_BINARY, bytes(data), fin)
+        return self._send_data(_BINARY, bytes(data), fin, serialize_frame)
 
-    def _send_data(self, opcode: Opcode, payload: bytes, fin: bool) -> bytes:
+    def send_binary_passthrough(
+        self, data: bytes | bytearray | memoryview, fin: bool = True
+    ) -> list[bytes]:
+        """``send_binary``, with the payload passed through uncopied where it can be:
+        the frame as the buffers to write one after the other (see
+        ``serialize_frame_parts``), ``[header, payload]`` when nothing masks or
+        rewrites the payload. For big messages, written with one ``sendmsg``."""
+        return self._send_data(_BINARY, bytes(data), fin, serialize_frame_parts)
+
+    def _send_data(
+        self,
+        opcode: Opcode,
+        payload: bytes,
+        fin: bool,
+        serialize: Callable[..., _Wire],
+    ) -> _Wire:
         if self.state is not _OPEN:
             raise InvalidState(self._closed_message(f"send a {opcode.name.lower()} message"))
         if self._out_opcode is None:
@@ -389,13 +415,11 @@ class Protocol:
             )
         self._out_opcode = None if fin else opcode
         if not self.extensions:
-            return serialize_frame(wire_opcode, payload, mask=self._mask, fin=fin)
+            return serialize(wire_opcode, payload, mask=self._mask, fin=fin)
         frame = Frame(wire_opcode, payload, fin, 0)
         for ext in self.extensions:
             frame = ext.encode(frame)
-        return serialize_frame(
-            frame.opcode, frame.payload, mask=self._mask, fin=frame.fin, rsv=frame.rsv
-        )
+        return serialize(frame.opcode, frame.payload, mask=self._mask, fin=frame.fin, rsv=frame.rsv)
 
     def send_ping(self, payload: bytes = b"") -> bytes:
         """Encode a ping; the peer answers with a pong carrying the same payload."""
