@@ -9,6 +9,7 @@ run). No number in them is typed by hand.
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,14 @@ def _table(
     return "\n".join(lines)
 
 
+def _paired_median(values: list[float], reference: list[float]) -> float | None:
+    """The median of ``values[i] / reference[i]`` over the rounds, when both lists
+    have a value for every round (a server that failed a round has fewer)."""
+    if len(values) != len(reference) or 0 in reference:
+        return None
+    return statistics.median(v / r for v, r in zip(values, reference, strict=True))
+
+
 def _malloc(settings: dict[str, str] | None) -> str:
     if settings is None:
         return "glibc malloc's default settings."
@@ -87,6 +96,24 @@ def tables(data: dict[str, Any]) -> str:
         ),
         "### Server CPU per message (µs, lower is better)",
         _table(values, servers, [(_size(z), f"server cpu {z}") for z in sizes], False, ",.1f"),
+        "### Server CPU per message relative to websockets, median of the rounds' ratios "
+        "(each round measures both seconds apart; lower is better)",
+        _table(
+            {
+                f"server cpu {z}": {
+                    server: [ratio]
+                    for server, got in values[f"server cpu {z}"].items()
+                    if not server.startswith("raw-")
+                    and (ratio := _paired_median(got, values[f"server cpu {z}"]["websockets"]))
+                }
+                for z in sizes
+                if values.get(f"server cpu {z}", {}).get("websockets")
+            },
+            servers,
+            [(_size(z), f"server cpu {z}") for z in sizes],
+            False,
+            ".2f",
+        ),
     ]
     if "p50" in values:
         parts += [
