@@ -81,7 +81,7 @@ three distinct random messages of each size byte for byte.
 
 Usage: ``python benchmarks/echo.py [--quick] [--only NAME[,NAME...]]
 [--sections echo,latency,handshakes,connections,clients] [--malloc fixed|default]``
-(``nox -s bench`` runs it after ``core.py``). The full run takes about 6 minutes on 2
+(``nox -s bench`` runs it after ``core.py``). The full run takes about 9 minutes on 2
 CPUs; ``--quick`` (short windows, one round, 200 connections) under one. Every
 subprocess is stopped on the way out, whatever happens.
 """

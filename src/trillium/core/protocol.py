@@ -391,8 +391,11 @@ class Protocol:
     ) -> list[bytes]:
         """``send_binary``, with the payload passed through uncopied where it can be:
         the frame as the buffers to write one after the other (see
-        ``serialize_frame_parts``), ``[header, payload]`` when nothing masks or
-        rewrites the payload. For big messages, written with one ``sendmsg``."""
+        ``serialize_frame_parts``). Unmasked (a server), ``[header, payload]``, the
+        payload being ``data`` itself when it is ``bytes`` and no extension rewrote
+        it; masked (a client), ``[frame]``. Meant for big messages, written with one
+        ``sendmsg``. (Any other buffer is copied first: the caller may change it
+        once this returns.)"""
         return self._send_data(_BINARY, bytes(data), fin, serialize_frame_parts)
 
     def _send_data(
