@@ -76,8 +76,8 @@ round, and round by round (the two cells of a round run seconds apart, so a
 disturbance that lasts longer hits both) with the median of those ratios. On a
 shared machine the first can pair one library's single quiet round with another's
 ordinary one (the same 64 KiB server measured 25 to 53 µs per message across rounds
-of one run); the targets report both, with a verdict for each. Before timing, every server must echo
-three distinct random messages of each size byte for byte.
+of one run); the targets report both, with a verdict for each. Before timing, every
+server must echo three distinct random messages of each size byte for byte.
 
 Usage: ``python benchmarks/echo.py [--quick] [--only NAME[,NAME...]]
 [--sections echo,latency,handshakes,connections,clients] [--malloc fixed|default]``

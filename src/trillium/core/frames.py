@@ -144,7 +144,7 @@ def serialize_frame(
         else:
             header = _H64_KEY.pack(b0, MASK_BIT | 127, n, key)
         return apply_mask(payload, key, header)
-    if n < 126:
+    if n < 126:  # the usual small frame, without a call
         return bytes((b0, n)) + payload
     return _unmasked_header(b0, n) + payload
 
