@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,31 @@ def _table(
     return "\n".join(lines)
 
 
+def _relative(
+    values: dict[str, Any],
+    servers: list[str],
+    sizes: list[int],
+    metric: str,
+    higher: bool,
+    ratio: Callable[[list[float], list[float]], float | None],
+) -> str:
+    """A table of ``metric`` at every size relative to websockets, each cell
+    ``ratio(server's values, websockets' values)`` (None leaves it empty); the raw
+    TCP servers, which frame nothing, are left out."""
+    relative: dict[str, dict[str, list[float]]] = {}
+    for z in sizes:
+        by_server = values.get(f"{metric} {z}", {})
+        reference = by_server.get("websockets")
+        if not reference:
+            continue
+        relative[f"{metric} {z}"] = {
+            server: [value]
+            for server, got in by_server.items()
+            if not server.startswith("raw-") and (value := ratio(got, reference)) is not None
+        }
+    return _table(relative, servers, [(_size(z), f"{metric} {z}") for z in sizes], higher, ".2f")
+
+
 def _paired_median(values: list[float], reference: list[float]) -> float | None:
     """The median of ``values[i] / reference[i]`` over the rounds, when both lists
     have a value for every round (a server that failed a round has fewer)."""
@@ -79,41 +105,12 @@ def tables(data: dict[str, Any]) -> str:
         "### Echo throughput (messages per second, 64 in flight, higher is better)",
         _table(values, servers, [(_size(z), f"rate {z}") for z in sizes], True, ",.0f"),
         "### Echo throughput relative to websockets, same run (higher is better)",
-        _table(
-            {
-                f"rate {z}": {
-                    server: [max(got) / max(values[f"rate {z}"]["websockets"])]
-                    for server, got in values[f"rate {z}"].items()
-                    if not server.startswith("raw-")
-                }
-                for z in sizes
-                if values.get(f"rate {z}", {}).get("websockets")
-            },
-            servers,
-            [(_size(z), f"rate {z}") for z in sizes],
-            True,
-            ".2f",
-        ),
+        _relative(values, servers, sizes, "rate", True, lambda got, ref: max(got) / max(ref)),
         "### Server CPU per message (µs, lower is better)",
         _table(values, servers, [(_size(z), f"server cpu {z}") for z in sizes], False, ",.1f"),
         "### Server CPU per message relative to websockets, median of the rounds' ratios "
         "(each round measures both seconds apart; lower is better)",
-        _table(
-            {
-                f"server cpu {z}": {
-                    server: [ratio]
-                    for server, got in values[f"server cpu {z}"].items()
-                    if not server.startswith("raw-")
-                    and (ratio := _paired_median(got, values[f"server cpu {z}"]["websockets"]))
-                }
-                for z in sizes
-                if values.get(f"server cpu {z}", {}).get("websockets")
-            },
-            servers,
-            [(_size(z), f"server cpu {z}") for z in sizes],
-            False,
-            ".2f",
-        ),
+        _relative(values, servers, sizes, "server cpu", False, _paired_median),
     ]
     if "p50" in values:
         parts += [
