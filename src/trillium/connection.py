@@ -50,7 +50,7 @@ if sys.version_info < (3, 11):
 from ._backend import current_backend
 from .core.close import CloseCode
 from .core.handshake import Request, Response
-from .core.protocol import SERVER, Event, Message, Pong, Protocol, State
+from .core.protocol import CLIENT, Event, Message, Pong, Protocol, State
 from .exceptions import (
     ConcurrencyError,
     ConnectionClosed,
@@ -336,27 +336,67 @@ class _AsyncioStreamReader:
     the peer) and resumed when the reader has taken them. It yields to the event
     loop at least every ``_YIELD_EVERY`` reads. End of stream, a lost connection
     and a closed stream read as ``b""``.
+
+    While the reader waits with nothing queued, bytes that arrive don't wake it:
+    the transport's callback hands them to ``step`` (the connection's
+    ``_step_in_callback``), which takes the reader's turn right there, as
+    websockets does. A message then reaches ``recv()`` one pass of the event loop
+    sooner: the handler's task is the only one that wakes. Only when ``step`` says
+    the reader must look (reading is over, or must stop for now) does the reader
+    wake, and ``receive`` returns None: no new bytes, parse what is buffered.
+    Anything ``step`` raises is raised by ``receive``, in the reader task.
     """
 
-    __slots__ = ("_limit", "_protocol", "_queued", "_streak", "_transport")
+    __slots__ = (
+        "_error",
+        "_limit",
+        "_look",
+        "_parked",
+        "_protocol",
+        "_queued",
+        "_step",
+        "_streak",
+        "_transport",
+    )
 
-    def __init__(self, transport: asyncio.Transport, protocol: Any, limit: int) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        protocol: Any,
+        limit: int,
+        step: Callable[[bytes], bool],
+    ) -> None:
         self._transport = transport
         self._protocol = protocol
         self._limit = limit
+        self._step = step
         self._queued = sum(map(len, protocol.read_queue))
         self._streak = 0
+        self._parked = False  # the reader waits in __call__, nothing queued
+        self._look = False  # step woke it: receive returns None
+        self._error: Exception | None = None
         protocol.data_received = self._data_received  # the transport calls it by name
 
     def _data_received(self, data: bytes) -> None:
         protocol = self._protocol
+        if self._parked:
+            try:
+                look = self._step(bytes(data))
+            except Exception as exc:  # for the reader task to raise
+                self._error = exc
+                look = True
+            if look:
+                self._parked = False  # what comes next waits in the queue, in order
+                self._look = True
+                protocol.read_event.set()
+            return
         protocol.read_queue.append(bytes(data))
         protocol.read_event.set()
         self._queued += len(data)
         if self._queued > self._limit:
             self._transport.pause_reading()
 
-    async def __call__(self, max_bytes: int) -> bytes:
+    async def __call__(self, max_bytes: int) -> bytes | None:
         protocol = self._protocol
         queue = protocol.read_queue
         if queue and self._streak < _YIELD_EVERY:
@@ -371,7 +411,19 @@ class _AsyncioStreamReader:
                 if self._transport.is_closing():
                     return b""
                 self._transport.resume_reading()  # a no-op unless paused
-                await protocol.read_event.wait()
+                self._parked = True
+                try:
+                    await protocol.read_event.wait()
+                finally:
+                    self._parked = False
+                if self._look:
+                    self._look = False
+                    if not queue:
+                        protocol.read_event.clear()
+                    if self._error is not None:
+                        error, self._error = self._error, None
+                        raise error
+                    return None
                 if not queue:
                     return b""  # the event was set by EOF or the connection's loss
         chunk: bytes = queue.popleft()
@@ -386,10 +438,13 @@ class _AsyncioStreamReader:
         return chunk
 
 
-def _direct_reader(stream: anyio.abc.ByteStream, limit: int) -> Callable[[int], Awaitable[bytes]]:
+def _direct_reader(
+    stream: anyio.abc.ByteStream, limit: int, step: Callable[[bytes], bool]
+) -> Callable[[int], Awaitable[bytes | None]]:
     """The reader's ``receive``: from the raw socket on plain trio socket streams
     (see ``_TrioSocketReader``), from the transport's queue on anyio's asyncio socket
-    streams (``_AsyncioStreamReader``), else the stream's own (TLS, others)."""
+    streams (``_AsyncioStreamReader``, whose data callback runs ``step``), else the
+    stream's own (TLS, others)."""
     sock = _raw_trio_socket(stream)
     if sock is not None:
         return _TrioSocketReader(sock)
@@ -401,7 +456,7 @@ def _direct_reader(stream: anyio.abc.ByteStream, limit: int) -> Callable[[int], 
             and hasattr(protocol, "read_queue")
             and hasattr(protocol, "read_event")
         ):
-            return _AsyncioStreamReader(transport, protocol, limit)
+            return _AsyncioStreamReader(transport, protocol, limit, step)
     return stream.receive
 
 
@@ -703,7 +758,7 @@ class Connection:
         self._writing = False
         self._written_at_end_of_pass = False  # wrote in this pass: in _EndOfPass.pending
         self._write_now: Callable[[bytes | memoryview], int] | None = None  # set by _running
-        self._read_now: Callable[[int], Awaitable[bytes]] | None = None  # set by _running
+        self._read_now: Callable[[int], Awaitable[bytes | None]] | None = None  # set by _running
         self._sends_since_yield = 0
         self._writer_wakeup: anyio.Event | None = None
         self._writer_started = False
@@ -833,14 +888,6 @@ class Connection:
                         if self._queue_full():
                             await self._queue_drained.wait()
                         continue
-                    # Parse no more events than the queue has room for: one read may hold
-                    # thousands of tiny messages, and max_queue bounds what waits for
-                    # recv(), not just when we stop reading. The rest stays buffered in
-                    # the protocol (paused) until recv() makes room. Once closing, parse
-                    # everything: the peer's close frame must get through.
-                    room = None
-                    if protocol.state is _OPEN:
-                        room = max(1, self._queue_high - self._queued())
                     data: bytes | None
                     if protocol.paused:
                         data = None  # complete frames may be buffered: parse them first
@@ -860,35 +907,32 @@ class Connection:
                             data = await receive(self._read_size)
                         except _STREAM_ERRORS:
                             data = b""
-                    failure: ProtocolError | None = None
-                    try:
-                        if data is None:
-                            events = protocol.receive_buffered(max_events=room)
-                        else:
-                            events = protocol.receive_data(data, max_events=room)
-                    except ProtocolError as exc:
-                        failure = exc
-                        events = exc.events  # type: ignore[assignment]
-                        self.logger.info("failing connection %s: %s", self.id, exc)
-                    if events:
-                        self._received(events)
-                    reply = protocol.data_to_send()
-                    if reply:
-                        self._write(reply)
-                    if failure is not None or data == b"":
-                        break
-                    if protocol.state is _CLOSED:
-                        # Closing handshake done. The server closes TCP first (RFC 6455
-                        # §7.1.1); the client waits for that, at most close_timeout.
-                        if protocol.role is SERVER:
-                            break
-                        with self._backend.move_on_after(self._close_wait()):
-                            while True:
-                                try:
-                                    if not await stream.receive(self._read_size):
+                        if (
+                            data is None
+                            and protocol.failure is None
+                            and protocol.state is not _CLOSED
+                        ):
+                            # The data callback took the turn and stopped for now
+                            # (see _AsyncioStreamReader): the queue is full, or
+                            # parsing paused. The top of the loop sees to both.
+                            continue
+                    if self._step(data):
+                        if (
+                            protocol.role is CLIENT
+                            and protocol.state is _CLOSED
+                            and protocol.failure is None
+                            and data != b""
+                        ):
+                            # Closing handshake done: the server closes TCP first (RFC
+                            # 6455 §7.1.1); the client waits for that, at most
+                            # close_timeout.
+                            with self._backend.move_on_after(self._close_wait()):
+                                while True:
+                                    try:
+                                        if not await stream.receive(self._read_size):
+                                            break
+                                    except _STREAM_ERRORS:
                                         break
-                                except _STREAM_ERRORS:
-                                    break
                         break
             finally:
                 if direct is not None and self._out_size and not self._writing:
@@ -906,6 +950,47 @@ class Connection:
                 else:
                     with self._backend.CancelScope(shield=True):
                         await self._close_transport()
+
+    def _step(self, data: bytes | None) -> bool:
+        """The reader's turn once it has read ``data`` (None: no new bytes, parse what
+        is buffered; ``b""``: end of stream). Parse it, queue the messages for
+        ``recv()``, send the replies the protocol owes (pongs, the close echo, the
+        close that fails the connection). True when reading is over: the connection
+        failed, or it is closed (the peer's close frame, or end of stream).
+
+        Synchronous, so that on asyncio the transport's data callback can take the
+        turn itself while the reader waits (see ``_AsyncioStreamReader``).
+        """
+        protocol = self.protocol
+        assert protocol is not None
+        # Parse no more events than the queue has room for: one read may hold
+        # thousands of tiny messages, and max_queue bounds what waits for recv(), not
+        # just when we stop reading. The rest stays buffered in the protocol (paused)
+        # until recv() makes room. Once closing, parse everything: the peer's close
+        # frame must get through.
+        room = max(1, self._queue_high - self._queued()) if protocol.state is _OPEN else None
+        try:
+            if data is None:
+                events = protocol.receive_buffered(max_events=room)
+            else:
+                events = protocol.receive_data(data, max_events=room)
+        except ProtocolError as exc:
+            events = exc.events  # type: ignore[assignment]
+            self.logger.info("failing connection %s: %s", self.id, exc)
+        if events:
+            self._received(events)
+        reply = protocol.data_to_send()
+        if reply:
+            self._write(reply)
+        return protocol.failure is not None or protocol.state is _CLOSED
+
+    def _step_in_callback(self, data: bytes) -> bool:
+        """``_step`` for asyncio's data callback, while the reader waits with nothing
+        buffered. True when the reader must wake and look: reading is over, or must
+        stop for now (the queue is full, or parsing paused at ``max_queue``)."""
+        protocol = self.protocol
+        assert protocol is not None
+        return self._step(data) or protocol.paused or self._queue_full()
 
     def _received(self, events: list[Event]) -> None:
         """Queue the messages parsed from one read for ``recv()``, all in one pass;
@@ -938,9 +1023,9 @@ class Connection:
         message bigger than the queue must still get through)."""
         return len(self._messages) >= self._queue_high and self._complete > 0
 
-    def _make_receive(self) -> Callable[[int], Awaitable[bytes]]:
+    def _make_receive(self) -> Callable[[int], Awaitable[bytes | None]]:
         """The reader task's ``receive(max_bytes)`` (see ``_direct_reader``)."""
-        return _direct_reader(self.stream, self._read_size)
+        return _direct_reader(self.stream, self._read_size, self._step_in_callback)
 
     def _close_wait(self) -> float:
         return self.close_timeout if self.close_timeout is not None else float("inf")
@@ -1621,6 +1706,10 @@ class _Running:
         else:
             connection._scopes = []
         task_group.start_soon(connection._reader, name="trillium reader")
+        if type(connection._read_now) is _AsyncioStreamReader:
+            # Its data callback may queue replies that need the writer (see
+            # _AsyncioStreamReader), and only a task can start a task on asyncio.
+            connection._start_writer()
         if connection.ping_interval is not None:
             task_group.start_soon(connection._keepalive, name="trillium keepalive")
         return connection

@@ -485,7 +485,7 @@ class _ThreadedConnection(Connection):
 
     # ------------------------------------------------------------ the trio thread
 
-    def _make_receive(self) -> Callable[[int], Awaitable[bytes]]:
+    def _make_receive(self) -> Callable[[int], Awaitable[bytes | None]]:
         receive = super()._make_receive()
         if not isinstance(receive, _TrioSocketReader):
             return receive  # TLS: one reader only

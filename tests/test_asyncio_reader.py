@@ -1,0 +1,264 @@
+"""The connection manager's reader on asyncio, where the transport's data callback
+takes the reader's turn while the reader waits (``_AsyncioStreamReader``).
+
+The server runs on asyncio in a thread of its own (a blocking portal); the test
+drives it from trio with a hand-made peer (``RawClient``), which sends exactly the
+bytes it is told to and reads only when told to. The limits and failures that the
+reader task handles on trio must hold when the callback handles the bytes.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import pytest
+import trio
+from anyio.from_thread import start_blocking_portal
+
+import trillium
+from trillium.connection import Connection
+from trillium.core.frames import Opcode, serialize_frame
+
+from ._support import TEST_TIMEOUT, RawClient, close_payload, wait_until
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+Handler = Callable[[trillium.ServerConnection], Awaitable[None]]
+
+
+@contextmanager
+def asyncio_server(handler: Handler, **kwargs: Any) -> Iterator[int]:
+    """``trillium.serve(handler, ...)`` on asyncio in another thread; yields its port."""
+
+    async def make_server() -> trillium.WebSocketServer:  # made in the event loop
+        return trillium.serve(handler, **kwargs)
+
+    kwargs.setdefault("ping_interval", None)
+    if "sock" not in kwargs:
+        kwargs.update(host="127.0.0.1", port=0)
+    with (
+        start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(portal.call(make_server)) as server,
+    ):
+        yield server.sockets[0].getsockname()[1]
+
+
+async def wait_for_thread_event(event: threading.Event) -> None:
+    """From the server's asyncio thread: until ``event`` is set in the test's thread."""
+    while not event.is_set():
+        await anyio.sleep(0.01)
+
+
+async def test_one_read_with_more_than_max_queue_messages_stops_at_max_queue() -> None:
+    connections: list[trillium.ServerConnection] = []
+    start_reading = threading.Event()
+    received: list[bytes] = []
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        connections.append(ws)
+        await ws.send(await ws.recv())  # once the peer has this, the reader waits
+        await wait_for_thread_event(start_reading)
+        for _ in range(100):
+            received.append(await ws.recv())  # type: ignore[arg-type]
+
+    # max_queue=2: the callback parses two messages and stops; the other 98 stay
+    # buffered until recv() makes room, and then all arrive, in order.
+    with trio.fail_after(TEST_TIMEOUT), asyncio_server(handler, max_queue=2) as port:
+        client = await RawClient.connect(port)
+        await client.send_frame(Opcode.TEXT, b"ready")
+        assert await client.recv_frame() is not None
+        payloads = [b"%d" % i for i in range(100)]
+        await client.send_bytes(
+            b"".join(serialize_frame(Opcode.BINARY, p, mask=True) for p in payloads)
+        )
+        (ws,) = connections
+        await wait_until(lambda: len(ws._messages) == 2)
+        await trio.sleep(0.1)
+        assert len(ws._messages) == 2  # and no more
+        start_reading.set()
+        await wait_until(lambda: len(received) == 100)
+        assert received == payloads
+        client.close()
+
+
+async def test_message_in_more_fragments_than_max_queue_arrives_from_one_read() -> None:
+    received: list[str] = []
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        await ws.send(await ws.recv())  # once the peer has this, the reader waits
+        received.append(await ws.recv())  # type: ignore[arg-type]
+
+    # The callback parses two fragments and pauses; the queue holds no whole
+    # message, so it is not full, yet the other fragments must still be parsed.
+    with trio.fail_after(TEST_TIMEOUT), asyncio_server(handler, max_queue=2) as port:
+        client = await RawClient.connect(port)
+        await client.send_frame(Opcode.TEXT, b"ready")
+        assert await client.recv_frame() is not None
+        fragments = [
+            serialize_frame(
+                Opcode.TEXT if i == 0 else Opcode.CONTINUATION, b"%d," % i, mask=True, fin=i == 9
+            )
+            for i in range(10)
+        ]
+        await client.send_bytes(b"".join(fragments))
+        await wait_until(lambda: bool(received))
+        assert received == ["0,1,2,3,4,5,6,7,8,9,"]
+        client.close()
+
+
+async def test_reading_stops_at_max_queue_when_each_read_holds_one_message() -> None:
+    connections: list[trillium.ServerConnection] = []
+    start_reading = threading.Event()
+    received: list[str] = []
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        connections.append(ws)
+        await ws.send(await ws.recv())  # once the peer has this, the reader waits
+        await wait_for_thread_event(start_reading)
+        for _ in range(10):
+            received.append(await ws.recv())  # type: ignore[arg-type]
+
+    with trio.fail_after(TEST_TIMEOUT), asyncio_server(handler, max_queue=2) as port:
+        client = await RawClient.connect(port)
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle
+        await client.send_frame(Opcode.TEXT, b"ready")
+        assert await client.recv_frame() is not None
+        # Each message in a read of its own, ending on a frame boundary: nothing
+        # stays buffered, so only the queue tells the reader to stop.
+        for i in range(10):
+            await client.send_frame(Opcode.TEXT, b"%d" % i)
+            await trio.sleep(0.02)
+        (ws,) = connections
+        assert len(ws._messages) == 2
+        start_reading.set()
+        await wait_until(lambda: len(received) == 10)
+        assert received == [str(i) for i in range(10)]
+        client.close()
+
+
+async def test_server_stops_reading_at_max_queue_and_resumes_after_recv() -> None:
+    connections: list[trillium.ServerConnection] = []
+    start_reading = threading.Event()
+    received: list[bytes] = []
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        connections.append(ws)
+        await wait_for_thread_event(start_reading)
+        while (message := await ws.recv()) != "END":
+            received.append(message)  # type: ignore[arg-type]
+
+    # Small kernel buffers, so that a server that stops reading stalls the sender
+    # after a few hundred KiB (accepted sockets inherit them).
+    listening = socket.socket()
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    with (
+        trio.fail_after(TEST_TIMEOUT),
+        asyncio_server(handler, sock=listening, max_queue=4) as port,
+    ):
+        client = await RawClient.connect(port, sndbuf=65536)
+        payloads = [bytes([i]) * 65536 for i in range(200)]
+        data = b"".join(serialize_frame(Opcode.BINARY, p, mask=True) for p in payloads)
+        view = memoryview(data)
+        stalled = False
+        while view:
+            with trio.move_on_after(0.5) as scope:
+                sent = await client.sock.send(view[:65536])
+                view = view[sent:]
+            if scope.cancelled_caught:
+                stalled = True
+                break
+        assert stalled, "the server kept reading past max_queue"
+        (ws,) = connections
+        assert len(ws._messages) <= 4
+
+        start_reading.set()
+        with trio.fail_after(5):
+            while view:
+                sent = await client.sock.send(view[:65536])
+                view = view[sent:]
+            await client.send_frame(Opcode.TEXT, b"END")
+            await wait_until(lambda: ws.state is not trillium.State.OPEN or len(received) == 200)
+        assert received == payloads
+        client.close()
+
+
+async def test_ping_is_answered_while_the_handler_is_not_reading() -> None:
+    release = threading.Event()
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        await wait_for_thread_event(release)
+        assert await ws.recv() == "queued"
+
+    with trio.fail_after(TEST_TIMEOUT), asyncio_server(handler) as port:
+        client = await RawClient.connect(port)
+        # A message waits for recv() first: the pong then goes through the writer task.
+        await client.send_frame(Opcode.TEXT, b"queued")
+        await client.send_frame(Opcode.PING, b"are you there")
+        pong = await client.recv_frame()
+        assert pong is not None
+        assert (pong.opcode, pong.payload) == (Opcode.PONG, b"are you there")
+        release.set()
+        frame = await client.recv_frame()
+        assert frame is not None and frame.opcode is Opcode.CLOSE
+        assert close_payload(frame).code == 1000
+        client.close()
+
+
+async def test_server_fails_connection_on_unmasked_frame() -> None:
+    closes: list[int | None] = []
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        await ws.wait_closed()
+        closes.append(ws.close_code)
+
+    with trio.fail_after(TEST_TIMEOUT), asyncio_server(handler) as port:
+        client = await RawClient.connect(port)
+        await client.send_bytes(serialize_frame(Opcode.TEXT, b"bare", mask=False))
+        frame = await client.recv_frame()
+        assert frame is not None and frame.opcode is Opcode.CLOSE
+        assert close_payload(frame).code == 1002
+        assert await client.read_until_eof() == b""  # and the server closes TCP
+        await wait_until(lambda: bool(closes))
+        client.close()
+
+
+async def test_error_in_the_data_callback_is_raised_in_the_connections_task_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An error there (a bug) must not vanish into asyncio's exception handler and
+    # leave the connection hanging: the reader task raises it, as it would on trio.
+    received = Connection._received
+
+    def broken(self: Connection, events: list[Any]) -> None:
+        if any(getattr(event, "data", None) == "boom" for event in events):
+            raise RuntimeError("broken delivery")
+        received(self, events)
+
+    monkeypatch.setattr(Connection, "_received", broken)
+
+    async def echo(ws: trillium.ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    with (
+        trio.fail_after(TEST_TIMEOUT),
+        pytest.raises(BaseExceptionGroup) as info,
+        asyncio_server(echo) as port,
+    ):
+        client = await RawClient.connect(port)
+        await client.send_frame(Opcode.TEXT, b"hello")
+        echoed = await client.recv_frame()  # the reader waits again: the callback's turn
+        assert echoed is not None and echoed.payload == b"hello"
+        await client.send_frame(Opcode.TEXT, b"boom")
+        await client.read_until_eof()  # the connection ends, it does not hang
+        client.close()
+    assert info.group_contains(RuntimeError, match="broken delivery")
