@@ -7,13 +7,16 @@
   handshake, frames built with ``serialize_frame``), for peers that misbehave;
 - ``raw_server(behaviour)``: a plain trio TCP server calling ``behaviour(stream)`` for
   each connection, and ``accept_handshake(stream)`` to answer the upgrade by hand;
-- ``open_fds()`` and ``count_tasks()``: what a leak would leave behind.
+- ``open_fds()`` and ``count_tasks()``: what a leak would leave behind;
+- ``small_buffer_listener()``, ``send_until_stalled()`` and ``send_rest()``: a peer
+  that floods a server until the server stops reading (``max_queue``), then finishes.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -233,3 +236,34 @@ async def raw_server(
         nursery.start_soon(partial(trio.serve_listeners, behaviour, listeners))
         yield port
         nursery.cancel_scope.cancel()
+
+
+def small_buffer_listener() -> socket.socket:
+    """A listening socket on 127.0.0.1 with a 64 KiB receive buffer, which accepted
+    sockets inherit: a server that stops reading stalls its sender after a few
+    hundred KiB instead of tens of MiB."""
+    listening = socket.socket()
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    return listening
+
+
+async def send_until_stalled(client: RawClient, data: bytes) -> memoryview:
+    """Send ``data`` 64 KiB at a time until a send waits 0.5 s (the server stopped
+    reading); return what is left. Fails if everything went out."""
+    view = memoryview(data)
+    while view:
+        with trio.move_on_after(0.5) as scope:
+            sent = await client.sock.send(view[:65536])
+            view = view[sent:]
+        if scope.cancelled_caught:
+            return view
+    raise AssertionError("the server kept reading past max_queue")
+
+
+async def send_rest(client: RawClient, view: memoryview) -> None:
+    """What ``send_until_stalled`` left, once the server reads again."""
+    while view:
+        sent = await client.sock.send(view[:65536])
+        view = view[sent:]

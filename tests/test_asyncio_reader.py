@@ -25,7 +25,15 @@ import trillium
 from trillium.connection import Connection
 from trillium.core.frames import Opcode, serialize_frame
 
-from ._support import TEST_TIMEOUT, RawClient, close_payload, wait_until
+from ._support import (
+    TEST_TIMEOUT,
+    RawClient,
+    close_payload,
+    send_rest,
+    send_until_stalled,
+    small_buffer_listener,
+    wait_until,
+)
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -50,6 +58,22 @@ def asyncio_server(handler: Handler, **kwargs: Any) -> Iterator[int]:
         yield server.sockets[0].getsockname()[1]
 
 
+async def echo_first(ws: trillium.ServerConnection) -> None:
+    """The handler's first step in the tests below: echo one message, so that the
+    peer knows when the reader has gone back to waiting (see ``connect_once_waiting``)."""
+    await ws.send(await ws.recv())
+
+
+async def connect_once_waiting(port: int) -> RawClient:
+    """A ``RawClient`` whose first message a handler starting with ``echo_first`` has
+    echoed: from then on the server's reader waits with nothing buffered, so what
+    the client sends next is the data callback's to take."""
+    client = await RawClient.connect(port)
+    await client.send_frame(Opcode.TEXT, b"ready")
+    assert await client.recv_frame() is not None
+    return client
+
+
 async def wait_for_thread_event(event: threading.Event) -> None:
     """From the server's asyncio thread: until ``event`` is set in the test's thread."""
     while not event.is_set():
@@ -63,7 +87,7 @@ async def test_one_read_with_more_than_max_queue_messages_stops_at_max_queue() -
 
     async def handler(ws: trillium.ServerConnection) -> None:
         connections.append(ws)
-        await ws.send(await ws.recv())  # once the peer has this, the reader waits
+        await echo_first(ws)
         await wait_for_thread_event(start_reading)
         for _ in range(100):
             received.append(await ws.recv())  # type: ignore[arg-type]
@@ -71,9 +95,7 @@ async def test_one_read_with_more_than_max_queue_messages_stops_at_max_queue() -
     # max_queue=2: the callback parses two messages and stops; the other 98 stay
     # buffered until recv() makes room, and then all arrive, in order.
     with trio.fail_after(TEST_TIMEOUT), asyncio_server(handler, max_queue=2) as port:
-        client = await RawClient.connect(port)
-        await client.send_frame(Opcode.TEXT, b"ready")
-        assert await client.recv_frame() is not None
+        client = await connect_once_waiting(port)
         payloads = [b"%d" % i for i in range(100)]
         await client.send_bytes(
             b"".join(serialize_frame(Opcode.BINARY, p, mask=True) for p in payloads)
@@ -92,15 +114,13 @@ async def test_message_in_more_fragments_than_max_queue_arrives_from_one_read() 
     received: list[str] = []
 
     async def handler(ws: trillium.ServerConnection) -> None:
-        await ws.send(await ws.recv())  # once the peer has this, the reader waits
+        await echo_first(ws)
         received.append(await ws.recv())  # type: ignore[arg-type]
 
     # The callback parses two fragments and pauses; the queue holds no whole
     # message, so it is not full, yet the other fragments must still be parsed.
     with trio.fail_after(TEST_TIMEOUT), asyncio_server(handler, max_queue=2) as port:
-        client = await RawClient.connect(port)
-        await client.send_frame(Opcode.TEXT, b"ready")
-        assert await client.recv_frame() is not None
+        client = await connect_once_waiting(port)
         fragments = [
             serialize_frame(
                 Opcode.TEXT if i == 0 else Opcode.CONTINUATION, b"%d," % i, mask=True, fin=i == 9
@@ -120,16 +140,14 @@ async def test_reading_stops_at_max_queue_when_each_read_holds_one_message() -> 
 
     async def handler(ws: trillium.ServerConnection) -> None:
         connections.append(ws)
-        await ws.send(await ws.recv())  # once the peer has this, the reader waits
+        await echo_first(ws)
         await wait_for_thread_event(start_reading)
         for _ in range(10):
             received.append(await ws.recv())  # type: ignore[arg-type]
 
     with trio.fail_after(TEST_TIMEOUT), asyncio_server(handler, max_queue=2) as port:
-        client = await RawClient.connect(port)
+        client = await connect_once_waiting(port)
         client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle
-        await client.send_frame(Opcode.TEXT, b"ready")
-        assert await client.recv_frame() is not None
         # Each message in a read of its own, ending on a frame boundary: nothing
         # stays buffered, so only the queue tells the reader to stop.
         for i in range(10):
@@ -154,37 +172,20 @@ async def test_server_stops_reading_at_max_queue_and_resumes_after_recv() -> Non
         while (message := await ws.recv()) != "END":
             received.append(message)  # type: ignore[arg-type]
 
-    # Small kernel buffers, so that a server that stops reading stalls the sender
-    # after a few hundred KiB (accepted sockets inherit them).
-    listening = socket.socket()
-    listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    listening.bind(("127.0.0.1", 0))
-    listening.listen()
     with (
         trio.fail_after(TEST_TIMEOUT),
-        asyncio_server(handler, sock=listening, max_queue=4) as port,
+        asyncio_server(handler, sock=small_buffer_listener(), max_queue=4) as port,
     ):
         client = await RawClient.connect(port, sndbuf=65536)
         payloads = [bytes([i]) * 65536 for i in range(200)]
         data = b"".join(serialize_frame(Opcode.BINARY, p, mask=True) for p in payloads)
-        view = memoryview(data)
-        stalled = False
-        while view:
-            with trio.move_on_after(0.5) as scope:
-                sent = await client.sock.send(view[:65536])
-                view = view[sent:]
-            if scope.cancelled_caught:
-                stalled = True
-                break
-        assert stalled, "the server kept reading past max_queue"
+        rest = await send_until_stalled(client, data)
         (ws,) = connections
         assert len(ws._messages) <= 4
 
         start_reading.set()
         with trio.fail_after(5):
-            while view:
-                sent = await client.sock.send(view[:65536])
-                view = view[sent:]
+            await send_rest(client, rest)
             await client.send_frame(Opcode.TEXT, b"END")
             await wait_until(lambda: ws.state is not trillium.State.OPEN or len(received) == 200)
         assert received == payloads

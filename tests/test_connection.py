@@ -44,7 +44,10 @@ from ._support import (
     raw_server,
     read_frames,
     read_request,
+    send_rest,
+    send_until_stalled,
     serving,
+    small_buffer_listener,
     uri_of,
     wait_until,
 )
@@ -519,27 +522,13 @@ async def test_server_stops_reading_at_max_queue_messages_and_resumes_after_recv
             while (message := await ws.recv()) != "END":
                 received.append(message)  # type: ignore[arg-type]
 
-        # Small kernel buffers, so that a server that stops reading stalls the sender
-        # after a few hundred KiB instead of tens of MiB (accepted sockets inherit them).
-        listening = socket.socket()
-        listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        listening.bind(("127.0.0.1", 0))
-        listening.listen()
+        listening = small_buffer_listener()
         async with trillium.serve(handler, sock=listening, max_queue=4) as server:
             client = await RawClient.connect(port_of(server), sndbuf=65536)
             # 64 KiB messages: one read of the server completes at most one message.
             payloads = [bytes([i]) * 65536 for i in range(200)]
             data = b"".join(serialize_frame(Opcode.BINARY, p, mask=True) for p in payloads)
-            view = memoryview(data)
-            stalled = False
-            while view:
-                with trio.move_on_after(0.5) as scope:
-                    sent = await client.sock.send(view[:65536])
-                    view = view[sent:]
-                if scope.cancelled_caught:
-                    stalled = True
-                    break
-            assert stalled, "the server kept reading past max_queue"
+            rest = await send_until_stalled(client, data)
             (ws,) = connections
             assert len(ws._messages) <= 4
             queued = len(ws._messages)
@@ -548,9 +537,7 @@ async def test_server_stops_reading_at_max_queue_messages_and_resumes_after_recv
 
             start_reading.set()
             with trio.fail_after(5):
-                while view:
-                    sent = await client.sock.send(view[:65536])
-                    view = view[sent:]
+                await send_rest(client, rest)
                 await client.send_frame(Opcode.TEXT, b"END")
                 await wait_until(lambda: ws.state is not State.OPEN or len(received) == 200)
             assert received == payloads

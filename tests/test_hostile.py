@@ -33,6 +33,7 @@ from ._support import (
     open_fds,
     port_of,
     raw_server,
+    send_rest,
     serving,
     wait_until,
 )
@@ -207,9 +208,7 @@ async def test_a_flood_of_tiny_messages_queues_at_most_max_queue() -> None:
             assert longest <= max_queue
 
             start_reading.set()
-            while view:
-                sent = await client.sock.send(view[:65536])
-                view = view[sent:]
+            await send_rest(client, view)
             await client.send_frame(Opcode.CLOSE, b"\x03\xe8")
             await wait_until(lambda: ws.state is State.CLOSED)
             client.close()
