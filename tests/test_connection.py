@@ -30,7 +30,7 @@ from trillium import (
     PayloadTooBig,
     State,
 )
-from trillium.connection import Connection
+from trillium.connection import Connection, _TrioSocketReader
 from trillium.core.frames import FrameParser, Opcode, serialize_frame
 from trillium.core.protocol import SERVER, Protocol
 
@@ -559,6 +559,30 @@ async def test_max_queue_none_reads_without_bound() -> None:
             for i in range(100):
                 await ws.send(str(i))
             await wait_until(lambda: bool(connections) and len(connections[0]._messages) == 100)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+async def test_reads_take_four_times_read_size_while_they_fill_the_buffer() -> None:
+    """A read that fills the buffer means more is waiting: the reads that follow it
+    before waiting take four times ``read_size`` (fewer system calls for a peer that
+    streams big messages); the first read after a wait takes ``read_size`` again."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs, trio.fail_after(TEST_TIMEOUT):
+        ours.setblocking(False)
+        reader = _TrioSocketReader(ours)
+        theirs.sendall(bytes(10_000))
+        assert reader.read_now(1000) is None  # no streak yet: wait first
+        await reader.wait()
+        sizes = [len(reader.read_ready(1000) or b"")]
+        while (data := reader.read_now(1000)) is not None:
+            sizes.append(len(data))
+        assert sizes == [1000, 4000, 4000, 1000]
+
+        theirs.sendall(bytes(10_000))
+        await reader.wait()
+        assert len(reader.read_ready(1000) or b"") == 1000
 
 
 # --------------------------------------------------------------------------- write_limit

@@ -76,6 +76,17 @@ _STREAM_ERRORS = (
 #: Sends that complete without waiting yield to the scheduler once every this many.
 _YIELD_EVERY = 16
 
+#: A read in a streak (the one before it filled the buffer) takes this many times the
+#: connection's ``read_size``. A peer streaming big messages has megabytes waiting, and
+#: fewer, bigger reads cost fewer system calls and fewer turns of the reader's loop: a
+#: trio server echoing 64 KiB messages spent about 38 µs of CPU per message instead of
+#: 54, and 525 instead of 618 at 1 MiB. The first read after a wait
+#: stays at ``read_size``: a connection that has caught up rarely finds more, and glibc
+#: serves a block over its mmap threshold (128 KiB at first, raised only by freeing a
+#: bigger one) from the kernel, so a 1 MiB buffer that a 1 KiB read shrank was mapped,
+#: remapped and unmapped on every read, 8% more CPU per 1 KiB message.
+_STREAK_READ_FACTOR = 4
+
 #: What waiting for a plain trio socket raises once it is closed (then: end of stream).
 _WAIT_ERRORS = (OSError, trio.ClosedResourceError, ValueError)
 
@@ -269,6 +280,7 @@ class _TrioSocketReader:
     keeps alive. This waits first and reads once; only after a read that filled the
     buffer, when more is likely waiting, it reads again before waiting, at most
     ``_YIELD_EVERY`` times in a row so that a flooding peer can't starve other tasks.
+    Those reads take ``_STREAK_READ_FACTOR`` times as much (see there).
     End of stream, a closed socket and socket errors all read as ``b""``.
 
     The reader task takes these steps itself rather than calling it: ``read_now()``,
@@ -297,6 +309,7 @@ class _TrioSocketReader:
         """A read before waiting, when one is likely to find data (see above); None
         when the caller must ``wait()`` first."""
         if 0 < self._streak < _YIELD_EVERY:
+            max_bytes *= _STREAK_READ_FACTOR
             data = self._recv(max_bytes)
             if data is not None:
                 self._streak = self._streak + 1 if len(data) == max_bytes else 0
