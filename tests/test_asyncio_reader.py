@@ -9,11 +9,14 @@ reader task handles on trio must hold when the callback handles the bytes.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -22,7 +25,7 @@ import trio
 from anyio.from_thread import start_blocking_portal
 
 import trillium
-from trillium.connection import Connection
+from trillium.connection import Connection, _AsyncioStreamReader
 from trillium.core.frames import Opcode, serialize_frame
 
 from ._support import (
@@ -263,3 +266,25 @@ async def test_error_in_the_data_callback_is_raised_in_the_connections_task_grou
         await client.read_until_eof()  # the connection ends, it does not hang
         client.close()
     assert info.group_contains(RuntimeError, match="broken delivery")
+
+
+def test_transport_reads_take_four_times_as_much_after_one_fills_its_buffer() -> None:
+    """The transport reads ``max_size`` bytes per callback; after a read that filled
+    it (more is likely waiting) the next take four times as much, and after a short
+    one the transport's own size again, as the trio reader's reads in a streak."""
+
+    class Transport(asyncio.Transport):
+        max_size = 1000
+
+        def pause_reading(self) -> None:
+            pass
+
+    transport = Transport()
+    protocol = SimpleNamespace(read_queue=deque(), read_event=asyncio.Event())
+    _AsyncioStreamReader(transport, protocol, 2**20, lambda data: False)
+    sizes = []
+    for n in (500, 1000, 4000, 4000, 2500, 1000):
+        protocol.data_received(bytes(n))
+        sizes.append(transport.max_size)
+    assert sizes == [1000, 4000, 4000, 4000, 1000, 4000]
+    assert b"".join(protocol.read_queue) == bytes(13_000)  # every byte queued, in order

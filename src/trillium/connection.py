@@ -367,6 +367,7 @@ class _AsyncioStreamReader:
         "_parked",
         "_protocol",
         "_queued",
+        "_read_sizes",
         "_step",
         "_streak",
         "_transport",
@@ -388,10 +389,21 @@ class _AsyncioStreamReader:
         self._parked = False  # the reader waits in __call__, nothing queued
         self._look = False  # step woke it: receive returns None
         self._error: Exception | None = None
+        # The transport reads max_size bytes per callback (256 KiB in CPython); after
+        # a read that filled it, the next takes _STREAK_READ_FACTOR times as much,
+        # as the trio reader's do in a streak. (None: a transport without it.)
+        size = getattr(transport, "max_size", None)
+        self._read_sizes = (size, size * _STREAK_READ_FACTOR) if type(size) is int else None
         protocol.data_received = self._data_received  # the transport calls it by name
 
     def _data_received(self, data: bytes) -> None:
         protocol = self._protocol
+        sizes = self._read_sizes
+        if sizes is not None:
+            transport: Any = self._transport
+            size = sizes[len(data) >= transport.max_size]
+            if transport.max_size != size:
+                transport.max_size = size
         if self._parked:
             try:
                 look = self._step(bytes(data))
