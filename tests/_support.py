@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import socket
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -267,3 +269,45 @@ async def send_rest(client: RawClient, view: memoryview) -> None:
     while view:
         sent = await client.sock.send(view[:65536])
         view = view[sent:]
+
+
+def big_and_small_messages() -> list[str | bytes]:
+    """Binary messages around and far above the size at which a frame is queued as
+    header and payload (64 KiB), each followed by a short text message."""
+    messages: list[str | bytes] = []
+    for i, size in enumerate([65536, 3, 2**20 + 3, 65535, 70000, 10, 2**21, 65536]):
+        messages.append(random.Random(i).randbytes(size))
+        messages.append(f"after {i}")
+    return messages
+
+
+async def recv_messages(client: RawClient, count: int) -> list[str | bytes]:
+    """The next ``count`` messages of unfragmented frames: text as str, binary as bytes."""
+    received: list[str | bytes] = []
+    while len(received) < count:
+        frame = await client.recv_frame()
+        assert frame is not None
+        payload = frame.payload
+        received.append(payload.decode() if frame.opcode is Opcode.TEXT else payload)
+    return received
+
+
+async def recv_big_frame_traced(client: RawClient, payload: bytes, go: Callable[[], object]) -> int:
+    """Call ``go()``, which makes the server send ``payload`` (at least 64 KiB) as
+    one binary frame; read the frame into one buffer owned here, check it, and
+    return the peak of memory traced meanwhile: the sender's allocations."""
+    expected = len(payload) + 10  # after the 10-byte header of a 64-bit length
+    into = bytearray(expected)
+    view = memoryview(into)
+    got = 0
+    tracemalloc.start()
+    try:
+        go()
+        while got < expected:
+            got += await client.sock.recv_into(view[got:])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert into[:2] == b"\x82\x7f" and int.from_bytes(into[2:10], "big") == len(payload)
+    assert into[10:] == payload
+    return peak

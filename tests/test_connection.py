@@ -12,7 +12,6 @@ import random
 import socket
 import struct
 import time
-import tracemalloc
 from collections.abc import AsyncIterator
 
 import anyio
@@ -38,12 +37,15 @@ from ._support import (
     TEST_TIMEOUT,
     RawClient,
     accept_handshake,
+    big_and_small_messages,
     close_payload,
     echo,
     port_of,
     raw_server,
     read_frames,
     read_request,
+    recv_big_frame_traced,
+    recv_messages,
     send_rest,
     send_until_stalled,
     serving,
@@ -696,11 +698,7 @@ async def test_big_messages_queued_behind_a_full_kernel_buffer_arrive_whole_and_
     messages); small frames queued between big ones join them. The peer, which
     starts reading once all of it is queued, gets every byte in order."""
     with trio.fail_after(TEST_TIMEOUT):
-        sizes = [65536, 3, 2**20 + 3, 65535, 70000, 10, 2**21, 65536]
-        messages: list[str | bytes] = []
-        for i, size in enumerate(sizes):
-            messages.append(random.Random(i).randbytes(size))
-            messages.append(f"after {i}")
+        messages = big_and_small_messages()
         queued = trio.Event()
 
         async def handler(ws: trillium.ServerConnection) -> None:
@@ -712,14 +710,8 @@ async def test_big_messages_queued_behind_a_full_kernel_buffer_arrive_whole_and_
         async with serving(handler, write_limit=2**26) as (server, _):
             client = await RawClient.connect(port_of(server), rcvbuf=4096)
             await queued.wait()
-            received: list[str | bytes] = []
-            while len(received) < len(messages):
-                frame = await client.recv_frame()
-                assert frame is not None
-                payload = frame.payload
-                received.append(payload.decode() if frame.opcode is Opcode.TEXT else payload)
+            assert await recv_messages(client, len(messages)) == messages
             client.close()
-        assert received == messages
 
 
 async def test_server_sends_a_big_binary_message_without_copying_its_payload() -> None:
@@ -739,21 +731,9 @@ async def test_server_sends_a_big_binary_message_without_copying_its_payload() -
 
         async with serving(handler) as (server, _):
             client = await RawClient.connect(port_of(server))
-            expected = len(payload) + 10  # after the 10-byte header of a 64-bit length
-            into = bytearray(expected)
-            view = memoryview(into)
-            got = 0
-            tracemalloc.start()
-            try:
-                go.set()
-                while got < expected:
-                    got += await client.sock.recv_into(view[got:])
-                await sent.wait()
-                _, peak = tracemalloc.get_traced_memory()
-            finally:
-                tracemalloc.stop()
+            peak = await recv_big_frame_traced(client, payload, go.set)
+            await sent.wait()
             client.close()
-        assert into[10:] == payload
         assert peak < 2**20, peak
 
 

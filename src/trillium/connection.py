@@ -259,15 +259,57 @@ def _direct_writer(
     if type(stream).__module__ == "anyio._backends._asyncio" and isinstance(
         transport, asyncio.WriteTransport
     ):
-
-        def write_now(data: bytes | memoryview) -> int:
-            if transport.is_closing() or transport.get_write_buffer_size() > high:
-                return 0  # let the writer wait for the transport to drain
-            transport.write(data)
-            return len(data)
-
-        return write_now
+        return _AsyncioTransportWriter(transport, high)
     return None
+
+
+class _AsyncioTransportWriter:
+    """``write(data) -> bytes taken``: into an asyncio transport, which sends what it
+    can at once and keeps the rest; nothing once it keeps more than ``high`` (the
+    writer task then waits for it to drain).
+
+    ``gather(buffers)`` writes several without joining them first, which asyncio's
+    ``writelines`` does before Python 3.12: on CPython's socket transport with
+    nothing kept, they go out in one ``sendmsg`` and only what the kernel didn't take
+    is copied into the transport. A 1 MiB message is then never copied just to put
+    its header in front of it, as on trio (see ``_GATHER_ABOVE``).
+    """
+
+    __slots__ = ("_high", "_sock", "_transport")
+
+    def __init__(self, transport: asyncio.WriteTransport, high: int) -> None:
+        self._transport = transport
+        self._high = high
+        sock = getattr(transport, "_sock", None)
+        self._sock = sock if isinstance(sock, socket.socket) else None
+
+    def __call__(self, data: bytes | memoryview) -> int:
+        transport = self._transport
+        if transport.is_closing() or transport.get_write_buffer_size() > self._high:
+            return 0  # let the writer wait for the transport to drain
+        transport.write(data)
+        return len(data)
+
+    def gather(self, buffers: list[bytes | memoryview]) -> int:
+        """The buffers one after the other; all of them, or nothing (as ``write``)."""
+        transport = self._transport
+        if transport.is_closing() or transport.get_write_buffer_size() > self._high:
+            return 0
+        rest = buffers[:]
+        if self._sock is not None and not transport.get_write_buffer_size():
+            try:
+                sent = self._sock.sendmsg(rest[:_MAX_GATHER])
+            except OSError:  # BlockingIOError, or an error the transport meets again
+                pass
+            else:
+                _drop_sent(rest, sent)
+        for buffer in rest:
+            transport.write(buffer)
+        return sum(map(len, buffers))
+
+
+#: The writers whose ``gather`` writes several buffers without joining them.
+_GATHERING_WRITERS = (_TrioSocketWriter, _AsyncioTransportWriter)
 
 
 class _TrioSocketReader:
@@ -1127,13 +1169,19 @@ class Connection:
     def _gathers(self) -> bool:
         """Whether what is queued (several buffers) goes out in one vectored write,
         rather than joined first (see ``_GATHER_ABOVE``)."""
-        return self._out_size >= _GATHER_ABOVE and type(self._write_now) is _TrioSocketWriter
+        return self._out_size >= _GATHER_ABOVE and type(self._write_now) in _GATHERING_WRITERS
 
     async def _send_gathered(self, buffers: list[bytes | memoryview]) -> None:
-        """For the writer, on a plain trio socket: ``buffers`` to the kernel with
-        vectored writes, waiting for room whenever it takes only part."""
-        assert type(self._write_now) is _TrioSocketWriter
-        sock = self._write_now._sock
+        """For the writer, ``buffers`` without joining them: on a plain trio socket to
+        the kernel with vectored writes, waiting for room whenever it takes only
+        part; on asyncio's transport one after the other (it keeps what it can't
+        send at once)."""
+        write_now = self._write_now
+        if type(write_now) is not _TrioSocketWriter:
+            for buffer in buffers:
+                await self.stream.send(buffer)  # type: ignore[arg-type]
+            return
+        sock = write_now._sock
         while True:
             try:
                 sent = sock.sendmsg(buffers[:_MAX_GATHER])

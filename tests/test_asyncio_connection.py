@@ -1,15 +1,18 @@
-"""The connection manager's reader on asyncio, where the transport's data callback
-takes the reader's turn while the reader waits (``_AsyncioStreamReader``).
+"""The connection manager on asyncio, where it takes its own ways: the transport's
+data callback takes the reader's turn while the reader waits
+(``_AsyncioStreamReader``), and big messages go to the transport without being
+joined to their header (``_AsyncioTransportWriter``).
 
 The server runs on asyncio in a thread of its own (a blocking portal); the test
 drives it from trio with a hand-made peer (``RawClient``), which sends exactly the
 bytes it is told to and reads only when told to. The limits and failures that the
-reader task handles on trio must hold when the callback handles the bytes.
+connection handles on trio must hold on these paths too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import threading
@@ -31,7 +34,10 @@ from trillium.core.frames import Opcode, serialize_frame
 from ._support import (
     TEST_TIMEOUT,
     RawClient,
+    big_and_small_messages,
     close_payload,
+    recv_big_frame_traced,
+    recv_messages,
     send_rest,
     send_until_stalled,
     small_buffer_listener,
@@ -288,3 +294,46 @@ def test_transport_reads_take_four_times_as_much_after_one_fills_its_buffer() ->
         sizes.append(transport.max_size)
     assert sizes == [1000, 4000, 4000, 4000, 1000, 4000]
     assert b"".join(protocol.read_queue) == bytes(13_000)  # every byte queued, in order
+
+
+# --------------------------------------------------------------------------- writing
+
+
+async def test_big_messages_queued_behind_a_full_kernel_buffer_arrive_whole_and_in_order() -> None:
+    """Big binary messages go to the transport as header and payload; what the
+    kernel doesn't take at once the transport keeps, behind anything it already
+    keeps. The peer, which starts reading once all of it is queued, gets every byte
+    in order."""
+    messages = big_and_small_messages()
+    queued = threading.Event()
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        for message in messages:
+            await ws.send(message)
+        queued.set()
+        await ws.wait_closed()
+
+    with trio.fail_after(TEST_TIMEOUT), asyncio_server(handler, write_limit=2**26) as port:
+        client = await RawClient.connect(port, rcvbuf=4096)
+        await wait_until(queued.is_set)
+        assert await recv_messages(client, len(messages)) == messages
+        client.close()
+
+
+async def test_server_sends_a_big_binary_message_without_joining_it_to_its_header() -> None:
+    """Header and payload go out in one vectored write, and only what the kernel
+    didn't take is copied, into the transport: sending 8 MiB allocates less than
+    8 MiB (joining them first would allocate all of it, and then the copy)."""
+    payload = os.urandom(2**23)
+    go = threading.Event()
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        await wait_for_thread_event(go)
+        await ws.send(payload)
+        await ws.wait_closed()
+
+    with trio.fail_after(TEST_TIMEOUT), asyncio_server(handler) as port:
+        client = await RawClient.connect(port)
+        peak = await recv_big_frame_traced(client, payload, go.set)
+        client.close()
+    assert peak < len(payload), peak
