@@ -80,11 +80,11 @@ _YIELD_EVERY = 16
 #: connection's ``read_size``. A peer streaming big messages has megabytes waiting, and
 #: fewer, bigger reads cost fewer system calls and fewer turns of the reader's loop: a
 #: trio server echoing 64 KiB messages spent about 38 µs of CPU per message instead of
-#: 54, and 525 instead of 618 at 1 MiB. The first read after a wait
-#: stays at ``read_size``: a connection that has caught up rarely finds more, and glibc
-#: serves a block over its mmap threshold (128 KiB at first, raised only by freeing a
-#: bigger one) from the kernel, so a 1 MiB buffer that a 1 KiB read shrank was mapped,
-#: remapped and unmapped on every read, 8% more CPU per 1 KiB message.
+#: 54, and 525 instead of 618 at 1 MiB. The first read after a wait stays at
+#: ``read_size``: a connection that has caught up rarely finds more, and glibc serves a
+#: block over its mmap threshold (128 KiB at first, raised only by freeing a bigger
+#: one) from the kernel, so a 1 MiB buffer that a 1 KiB read shrank was mapped,
+#: remapped and unmapped on every read: 8% more CPU per 1 KiB message.
 _STREAK_READ_FACTOR = 4
 
 #: What waiting for a plain trio socket raises once it is closed (then: end of stream).
@@ -280,8 +280,11 @@ class _AsyncioTransportWriter:
     def __init__(self, transport: asyncio.WriteTransport, high: int) -> None:
         self._transport = transport
         self._high = high
+        # Only under a selector loop's transport, which sends with plain non-blocking
+        # calls itself (a proactor's owns its socket's I/O), where sendmsg exists.
         sock = getattr(transport, "_sock", None)
-        self._sock = sock if isinstance(sock, socket.socket) else None
+        selector = type(transport).__module__ == "asyncio.selector_events"
+        self._sock = sock if selector and hasattr(sock, "sendmsg") else None
 
     def __call__(self, data: bytes | memoryview) -> int:
         transport = self._transport
