@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import sys
 import threading
 from collections import deque
@@ -337,3 +338,31 @@ async def test_server_sends_a_big_binary_message_without_joining_it_to_its_heade
         peak = await recv_big_frame_traced(client, payload, go.set)
         client.close()
     assert peak < len(payload), peak
+
+
+async def test_peer_resetting_while_big_messages_wait_in_the_transport_closes_the_connection() -> (
+    None
+):
+    """Big messages the kernel didn't take wait in the transport when the peer resets
+    the connection: the connection closes abnormally (1006) and the handler's wait
+    ends."""
+    writing = threading.Event()
+    outcome: list[int | None] = []
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        for _ in range(4):
+            await ws.send(bytes(2**21))
+        writing.set()
+        await ws.wait_closed()
+        outcome.append(ws.close_code)
+
+    with (
+        trio.fail_after(TEST_TIMEOUT),
+        asyncio_server(handler, write_limit=2**26) as port,
+    ):
+        client = await RawClient.connect(port, rcvbuf=4096)
+        await wait_until(writing.is_set)
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        await wait_until(lambda: bool(outcome))
+    assert outcome == [1006]
