@@ -641,6 +641,36 @@ async def test_serve_accepts_an_already_listening_socket() -> None:
                 assert await ws.recv() == "via sock"
 
 
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT here")
+async def test_reuse_port_lets_two_servers_share_a_port_and_the_kernel_spreads_clients() -> None:
+    """Without ``reuse_port`` a second server can't bind the first one's port; with
+    it on both, both listen there, and connections reach each of them."""
+
+    def answering(name: str) -> trillium.server.Handler:
+        async def handler(ws: trillium.ServerConnection) -> None:
+            await ws.send(name)
+
+        return handler
+
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trillium.serve(answering("first"), "127.0.0.1", 0, reuse_port=True) as first:
+            port = port_of(first)
+            with pytest.raises(OSError):
+                async with trillium.serve(echo, "127.0.0.1", port):
+                    pass
+            async with trillium.serve(
+                answering("second"), "127.0.0.1", port, reuse_port=True
+            ) as second:
+                assert port_of(second) == port
+                answered = set()
+                for _ in range(200):  # the kernel picks a listener by the client's port
+                    async with trillium.connect(f"ws://127.0.0.1:{port}") as ws:
+                        answered.add(await ws.recv())
+                    if len(answered) == 2:
+                        break
+                assert answered == {"first", "second"}
+
+
 async def test_unix_serve_and_unix_connect_talk_over_a_unix_socket(tmp_path: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         path = str(tmp_path / "ws.sock")
