@@ -4,6 +4,7 @@ bad URIs, the open timeout, reconnection and its backoff."""
 from __future__ import annotations
 
 import random
+import socket
 
 import pytest
 import trio
@@ -26,6 +27,7 @@ from ._support import (
     TEST_TIMEOUT,
     accept_handshake,
     echo,
+    port_of,
     raw_server,
     read_frames,
     read_request,
@@ -103,6 +105,42 @@ async def test_connect_follows_a_redirect_to_the_real_server() -> None:
                 assert ws.request is not None and ws.request.path == "/target?x=1"
         assert hits == ["/start"]
         assert paths == ["/target?x=1"]
+
+
+async def test_connect_over_an_already_connected_socket_uses_it_for_the_handshake() -> None:
+    """``sock``: the URI gives only the Host header and the path; the socket, which
+    the caller connected, carries the connection."""
+    with trio.fail_after(TEST_TIMEOUT):
+        paths: list[str] = []
+
+        async def handler(ws: ServerConnection) -> None:
+            paths.append(ws.request.path if ws.request else "")
+            await echo(ws)
+
+        async with serving(handler) as (server, _):
+            sock = socket.create_connection(("127.0.0.1", port_of(server)))
+            local = sock.getsockname()
+            async with trillium.connect("ws://example.invalid/over-sock", sock=sock) as ws:
+                assert ws.local_address == local
+                await ws.send("via sock")
+                assert await ws.recv() == "via sock"
+                assert ws.request is not None
+                assert ws.request.headers["Host"] == "example.invalid"
+        assert paths == ["/over-sock"]
+
+
+async def test_connect_over_a_given_socket_does_not_follow_a_redirect() -> None:
+    """A redirect names another server, which the socket handed in can't reach: the
+    refusal is raised as it came."""
+    with trio.fail_after(TEST_TIMEOUT):
+        hits: list[str] = []
+        async with raw_server(redirect_server("ws://127.0.0.1:1/elsewhere", hits)) as port:
+            sock = socket.create_connection(("127.0.0.1", port))
+            with pytest.raises(InvalidStatus) as exc_info:
+                async with trillium.connect(f"ws://127.0.0.1:{port}/start", sock=sock):
+                    pass
+        assert exc_info.value.response.status_code == 302
+        assert hits == ["/start"]
 
 
 @pytest.mark.parametrize("status", [301, 303, 307, 308])
