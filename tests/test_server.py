@@ -9,6 +9,8 @@ import resource
 import socket
 from contextlib import AsyncExitStack
 from pathlib import Path
+from traceback import format_exception
+from typing import Any
 
 import anyio
 import pytest
@@ -26,6 +28,7 @@ from trillium import (
     ServerConnection,
     State,
 )
+from trillium.connection import Connection
 
 from ._support import (
     TEST_TIMEOUT,
@@ -440,6 +443,39 @@ async def test_handler_exception_closes_with_1011_and_server_keeps_serving(
             record.exc_info and "handler bug" in str(record.exc_info[1])
             for record in caplog.records
         )
+
+
+async def test_failure_of_a_connections_own_task_ends_that_connection_only_and_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in trillium itself, here in the reader task's delivery of one message,
+    ends that connection (TCP dropped, the handler cancelled) and is logged with its
+    traceback; the server and its other connections go on."""
+    received = Connection._received
+
+    def broken(self: Connection, events: list[Any]) -> None:
+        if any(getattr(event, "data", None) == "boom" for event in events):
+            raise RuntimeError("broken delivery")
+        received(self, events)
+
+    monkeypatch.setattr(Connection, "_received", broken)
+    with trio.fail_after(TEST_TIMEOUT), caplog.at_level(logging.ERROR, logger="trillium"):
+        async with serving(echo) as (server, uri), trillium.connect(uri) as bystander:
+            async with trillium.connect(uri) as ws:
+                await ws.send("boom")
+                with pytest.raises(ConnectionClosedError) as exc_info:
+                    await ws.recv()
+                assert exc_info.value.code == 1006
+            await wait_until(lambda: len(server.connections) == 1)
+            await bystander.send("still here")
+            assert await bystander.recv() == "still here"
+            async with trillium.connect(uri) as later:
+                await later.send("and served")
+                assert await later.recv() == "and served"
+    (record,) = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert record.getMessage().endswith("failed")
+    assert record.exc_info is not None
+    assert "RuntimeError: broken delivery" in "".join(format_exception(record.exc_info[1]))
 
 
 async def test_handler_returning_closes_the_connection_with_1000() -> None:

@@ -292,6 +292,11 @@ class WebSocketServer:
                 except Exception:
                     self.logger.error("connection handler failed", exc_info=True)
                     await connection.close(CloseCode.INTERNAL_ERROR, "")
+        except Exception:
+            # One of the connection's own tasks failed: a bug in trillium, not in the
+            # handler (whose errors are handled above). Its stream is closed by now
+            # and the handler cancelled; the server and the other connections go on.
+            self.logger.error("connection %s failed", connection.id, exc_info=True)
         finally:
             self.connections.discard(connection)
 
