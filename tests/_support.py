@@ -22,11 +22,14 @@ import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from traceback import format_exception
+from typing import Any, Protocol
 
+import pytest
 import trio
 
 import trillium
+from trillium.connection import Connection
 from trillium.core.close import Close
 from trillium.core.frames import Frame, FrameParser, Opcode, serialize_frame
 from trillium.core.handshake import Request, ServerHandshake, accept_key
@@ -311,3 +314,46 @@ async def recv_big_frame_traced(client: RawClient, payload: bytes, go: Callable[
     assert into[:2] == b"\x82\x7f" and int.from_bytes(into[2:10], "big") == len(payload)
     assert into[10:] == payload
     return peak
+
+
+class _Settable(Protocol):
+    def set(self) -> None: ...
+
+
+def sends_big_messages(
+    writing: _Settable, outcome: list[int | None]
+) -> Callable[[trillium.ServerConnection], Awaitable[None]]:
+    """A handler that sends four 2 MiB messages (more than the kernel takes from a
+    peer that doesn't read), sets ``writing``, then records the close code once the
+    connection is closed."""
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        for _ in range(4):
+            await ws.send(bytes(2**21))
+        writing.set()
+        await ws.wait_closed()
+        outcome.append(ws.close_code)
+
+    return handler
+
+
+def break_delivery_of_boom(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug inside trillium, for the tests of how one is contained: the reader's
+    delivery of the text message "boom" raises ``RuntimeError("broken delivery")``."""
+    received = Connection._received
+
+    def broken(self: Connection, events: list[Any]) -> None:
+        if any(getattr(event, "data", None) == "boom" for event in events):
+            raise RuntimeError("broken delivery")
+        received(self, events)
+
+    monkeypatch.setattr(Connection, "_received", broken)
+
+
+def assert_broken_delivery_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Exactly one ERROR record, saying the connection failed, with the traceback of
+    the ``RuntimeError`` from ``break_delivery_of_boom``."""
+    (record,) = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert record.getMessage().endswith("failed")
+    assert record.exc_info is not None
+    assert "RuntimeError: broken delivery" in "".join(format_exception(record.exc_info[1]))

@@ -19,7 +19,6 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from traceback import format_exception
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,18 +28,22 @@ import trio
 from anyio.from_thread import start_blocking_portal
 
 import trillium
-from trillium.connection import Connection, _AsyncioStreamReader
+from trillium.connection import _AsyncioStreamReader
 from trillium.core.frames import Opcode, serialize_frame
 
 from ._support import (
     TEST_TIMEOUT,
     RawClient,
+    assert_broken_delivery_logged_once,
     big_and_small_messages,
+    break_delivery_of_boom,
     close_payload,
+    echo,
     recv_big_frame_traced,
     recv_messages,
     send_rest,
     send_until_stalled,
+    sends_big_messages,
     small_buffer_listener,
     wait_until,
 )
@@ -245,18 +248,7 @@ async def test_error_in_the_data_callback_ends_its_connection_only_and_is_logged
     """An error there (a bug) must not vanish into asyncio's exception handler and
     leave the connection hanging: the reader task raises it, as it would on trio,
     which ends that connection and logs the error; the server serves on."""
-    received = Connection._received
-
-    def broken(self: Connection, events: list[Any]) -> None:
-        if any(getattr(event, "data", None) == "boom" for event in events):
-            raise RuntimeError("broken delivery")
-        received(self, events)
-
-    monkeypatch.setattr(Connection, "_received", broken)
-
-    async def echo(ws: trillium.ServerConnection) -> None:
-        async for message in ws:
-            await ws.send(message)
+    break_delivery_of_boom(monkeypatch)
 
     with trio.fail_after(TEST_TIMEOUT), asyncio_server(echo) as port:
         client = await RawClient.connect(port)
@@ -269,10 +261,7 @@ async def test_error_in_the_data_callback_ends_its_connection_only_and_is_logged
 
         other = await connect_once_waiting(port)  # served, and echoed
         other.close()
-    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert record.getMessage().endswith("failed")
-    assert record.exc_info is not None
-    assert "RuntimeError: broken delivery" in "".join(format_exception(record.exc_info[1]))
+    assert_broken_delivery_logged_once(caplog)
 
 
 def test_transport_reads_take_four_times_as_much_after_one_fills_its_buffer() -> None:
@@ -348,17 +337,9 @@ async def test_peer_resetting_while_big_messages_wait_in_the_transport_closes_th
     ends."""
     writing = threading.Event()
     outcome: list[int | None] = []
-
-    async def handler(ws: trillium.ServerConnection) -> None:
-        for _ in range(4):
-            await ws.send(bytes(2**21))
-        writing.set()
-        await ws.wait_closed()
-        outcome.append(ws.close_code)
-
     with (
         trio.fail_after(TEST_TIMEOUT),
-        asyncio_server(handler, write_limit=2**26) as port,
+        asyncio_server(sends_big_messages(writing, outcome), write_limit=2**26) as port,
     ):
         client = await RawClient.connect(port, rcvbuf=4096)
         await wait_until(writing.is_set)

@@ -48,6 +48,7 @@ from ._support import (
     recv_messages,
     send_rest,
     send_until_stalled,
+    sends_big_messages,
     serving,
     small_buffer_listener,
     uri_of,
@@ -744,14 +745,7 @@ async def test_peer_resetting_while_a_big_message_is_written_closes_the_connecti
     with trio.fail_after(TEST_TIMEOUT):
         writing = trio.Event()
         outcome: list[int | None] = []
-
-        async def handler(ws: trillium.ServerConnection) -> None:
-            for _ in range(4):
-                await ws.send(bytes(2**21))
-            writing.set()
-            await ws.wait_closed()
-            outcome.append(ws.close_code)
-
+        handler = sends_big_messages(writing, outcome)
         async with serving(handler, write_limit=2**26) as (server, _):
             client = await RawClient.connect(port_of(server), rcvbuf=4096)
             await writing.wait()

@@ -9,8 +9,6 @@ import resource
 import socket
 from contextlib import AsyncExitStack
 from pathlib import Path
-from traceback import format_exception
-from typing import Any
 
 import anyio
 import pytest
@@ -28,11 +26,12 @@ from trillium import (
     ServerConnection,
     State,
 )
-from trillium.connection import Connection
 
 from ._support import (
     TEST_TIMEOUT,
     RawClient,
+    assert_broken_delivery_logged_once,
+    break_delivery_of_boom,
     echo,
     port_of,
     recording_echo,
@@ -451,14 +450,7 @@ async def test_failure_of_a_connections_own_task_ends_that_connection_only_and_i
     """A bug in trillium itself, here in the reader task's delivery of one message,
     ends that connection (TCP dropped, the handler cancelled) and is logged with its
     traceback; the server and its other connections go on."""
-    received = Connection._received
-
-    def broken(self: Connection, events: list[Any]) -> None:
-        if any(getattr(event, "data", None) == "boom" for event in events):
-            raise RuntimeError("broken delivery")
-        received(self, events)
-
-    monkeypatch.setattr(Connection, "_received", broken)
+    break_delivery_of_boom(monkeypatch)
     with trio.fail_after(TEST_TIMEOUT), caplog.at_level(logging.ERROR, logger="trillium"):
         async with serving(echo) as (server, uri), trillium.connect(uri) as bystander:
             async with trillium.connect(uri) as ws:
@@ -472,10 +464,7 @@ async def test_failure_of_a_connections_own_task_ends_that_connection_only_and_i
             async with trillium.connect(uri) as later:
                 await later.send("and served")
                 assert await later.recv() == "and served"
-    (record,) = [record for record in caplog.records if record.levelname == "ERROR"]
-    assert record.getMessage().endswith("failed")
-    assert record.exc_info is not None
-    assert "RuntimeError: broken delivery" in "".join(format_exception(record.exc_info[1]))
+    assert_broken_delivery_logged_once(caplog)
 
 
 async def test_handler_returning_closes_the_connection_with_1000() -> None:
