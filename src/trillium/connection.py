@@ -296,10 +296,11 @@ class _AsyncioTransportWriter:
     def gather(self, buffers: list[bytes | memoryview]) -> int:
         """The buffers one after the other; all of them, or nothing (as ``write``)."""
         transport = self._transport
-        if transport.is_closing() or transport.get_write_buffer_size() > self._high:
+        kept = transport.get_write_buffer_size()
+        if transport.is_closing() or kept > self._high:
             return 0
         rest = buffers[:]
-        if self._sock is not None and not transport.get_write_buffer_size():
+        if self._sock is not None and not kept:
             try:
                 sent = self._sock.sendmsg(rest[:_MAX_GATHER])
             except OSError:  # BlockingIOError, or an error the transport meets again
