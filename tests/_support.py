@@ -316,6 +316,24 @@ async def recv_big_frame_traced(client: RawClient, payload: bytes, go: Callable[
     return peak
 
 
+async def send_big_frame_traced(
+    client: RawClient, payload: bytes, received: Callable[[], object]
+) -> int:
+    """Send ``payload`` as one masked binary frame, wait until ``received()`` is true
+    (the server's handler has the message), and return the peak of memory traced
+    meanwhile: the receiver's allocations (the frame is built before tracing starts,
+    and the sender allocates nothing per write)."""
+    wire = serialize_frame(Opcode.BINARY, payload, mask=True)
+    tracemalloc.start()
+    try:
+        await client.send_bytes(wire)
+        await wait_until(lambda: bool(received()))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak
+
+
 class _Settable(Protocol):
     def set(self) -> None: ...
 

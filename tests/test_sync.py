@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import signal
 import socket
 import ssl
@@ -219,6 +220,22 @@ def test_send_waits_for_room_beyond_write_limit_and_keeps_order() -> None:
         for payload in payloads:
             ws.send(payload)
         assert [ws.receive(timeout=10) for _ in payloads] == payloads
+
+
+def test_big_messages_arrive_whole_between_small_ones() -> None:
+    # Payloads of 256 KiB and more are read straight into their own buffer (see
+    # Protocol.receive_buffer); what follows each is read with its header alone.
+    with (
+        trio_server(max_size=None) as (url, _),
+        trillium.Client.connect(url, max_message_size=None, max_queue=None) as ws,
+    ):
+        messages = [os.urandom(3 * 2**20), "é" * 2**19, b"small", os.urandom(2**18), "tiny"]
+        for message in messages:  # read by the trio thread's reader
+            ws.send(message)
+        assert [ws.receive(timeout=10) for _ in messages] == messages
+        for message in messages:  # one by one: read in this thread, by receive()
+            ws.send(message)
+            assert ws.receive(timeout=10) == message
 
 
 def test_a_burst_of_sends_arrives_whole_and_in_order() -> None:

@@ -382,6 +382,18 @@ class _TrioSocketReader:
             return b""
         return data
 
+    def read_into(self, buffer: memoryview) -> int | None:
+        """A read into ``buffer`` (the protocol's: see ``Protocol.receive_buffer``):
+        how many bytes came, 0 at the end of the stream, None when the caller must
+        ``wait()`` first."""
+        try:
+            size: int = self._sock.recv_into(buffer)
+        except BlockingIOError:
+            return None
+        except (OSError, ValueError):
+            return 0
+        return size
+
 
 class _AsyncioStreamReader:
     """``receive(max_bytes)`` from anyio's asyncio socket stream, for the reader task.
@@ -959,11 +971,23 @@ class Connection:
                         if self._queue_full():
                             await self._queue_drained.wait()
                         continue
-                    data: bytes | None
+                    data: bytes | int | None
                     if protocol.paused:
                         data = None  # complete frames may be buffered: parse them first
                     elif self.initial_data:
                         data, self.initial_data = self.initial_data, b""
+                    elif direct is not None and (buffer := protocol.receive_buffer()) is not None:
+                        # A big frame's payload (or the header after one): read in
+                        # place. Likely there already, so read before waiting.
+                        size = direct.read_into(buffer)
+                        while size is None:
+                            try:
+                                await direct.wait()
+                            except _WAIT_ERRORS:
+                                size = 0
+                            else:
+                                size = direct.read_into(buffer)
+                        data = size or b""
                     elif direct is not None:
                         data = direct.read_now(self._read_size)
                         while data is None:
@@ -1022,9 +1046,10 @@ class Connection:
                     with self._backend.CancelScope(shield=True):
                         await self._close_transport()
 
-    def _step(self, data: bytes | None) -> bool:
+    def _step(self, data: bytes | int | None) -> bool:
         """The reader's turn once it has read ``data`` (None: no new bytes, parse what
-        is buffered; ``b""``: end of stream). Parse it, queue the messages for
+        is buffered; ``b""``: end of stream; an int: that many bytes were read into
+        ``protocol.receive_buffer()``). Parse it, queue the messages for
         ``recv()``, send the replies the protocol owes (pongs, the close echo, the
         close that fails the connection). True when reading is over: the connection
         failed, or it is closed (the peer's close frame, or end of stream).
@@ -1043,6 +1068,8 @@ class Connection:
         try:
             if data is None:
                 events = protocol.receive_buffered(max_events=room)
+            elif isinstance(data, int):
+                events = protocol.received_into(data, max_events=room)
             else:
                 events = protocol.receive_data(data, max_events=room)
         except ProtocolError as exc:

@@ -408,19 +408,28 @@ class _ThreadedConnection(Connection):
         with self.lock:
             if self._revoked:
                 return
-            data: bytes | None = None
+            data: bytes | int | None = None
             failure: ProtocolError | None = None
             try:
                 if protocol.paused:
                     events = protocol.receive_buffered(max_events=self._queue_high)
                 else:
+                    # A big frame's payload goes straight to its place (see
+                    # Protocol.receive_buffer); an int says how much came.
+                    buffer = protocol.receive_buffer()
                     try:
-                        data = self._sock.recv(self._read_size)
+                        if buffer is None:
+                            data = self._sock.recv(self._read_size)
+                        else:
+                            data = self._sock.recv_into(buffer) or b""
                     except BlockingIOError:
                         return
                     except OSError:
                         data = b""
-                    events = protocol.receive_data(data, max_events=self._queue_high)
+                    if isinstance(data, int):
+                        events = protocol.received_into(data, max_events=self._queue_high)
+                    else:
+                        events = protocol.receive_data(data, max_events=self._queue_high)
             except ProtocolError as exc:
                 failure = exc
                 events = exc.events  # type: ignore[assignment]

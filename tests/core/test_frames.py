@@ -238,6 +238,144 @@ def test_parser_parses_what_follows_a_collected_frame_without_copying_it() -> No
     assert parser.next_frame() == Frame(Opcode.BINARY, second, True, 0)
 
 
+def receive_in_place(
+    parser: FrameParser, wire: bytes, chunk: int
+) -> tuple[list[Frame], list[tuple[int, int]]]:
+    """Give ``wire`` to ``parser`` as a reader with ``recv_into`` does: into the
+    parser's buffer when it offers one, else ``feed()``, at most ``chunk`` bytes a read.
+    Returns the frames, and for each read into a parser's buffer, the buffer's length
+    and how many bytes the read took."""
+    frames_out: list[Frame] = []
+    into: list[tuple[int, int]] = []
+    pos = 0
+    while pos < len(wire):
+        buffer = parser.receive_buffer()
+        if buffer is None:
+            parser.feed(wire[pos : pos + chunk])
+            pos += chunk
+        else:
+            room = len(buffer)
+            size = min(chunk, room, len(wire) - pos)
+            buffer[:size] = wire[pos : pos + size]
+            parser.received_into(size)
+            into.append((room, size))
+            pos += size
+        while (frame := parser.next_frame()) is not None:
+            frames_out.append(frame)
+    return frames_out, into
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("chunk", [1000, 65536, 300_001])
+def test_parser_takes_a_big_payload_in_place_then_just_the_next_header(
+    masked: bool, chunk: int
+) -> None:
+    """RFC 6455 §5.2: a big frame's payload is read into the parser's buffer for it
+    (nothing to copy out), and right after it only a header's worth, so that the next
+    big frame's payload too lands in place; frames of every size come out whole."""
+    big = os.urandom(frames.RECEIVE_INTO_ABOVE + 3)
+    other = os.urandom(frames.RECEIVE_INTO_ABOVE * 2)
+    tail = serialize_frame(Opcode.CONTINUATION, b"end", mask=masked)
+    tail += serialize_frame(Opcode.PING, b"p", mask=masked)
+    wire = serialize_frame(Opcode.BINARY, big, mask=masked)
+    wire += serialize_frame(Opcode.BINARY, other, mask=masked, fin=False) + tail
+    parser = FrameParser(expect_masked=masked)
+    got, into = receive_in_place(parser, wire, chunk)
+    assert got == [
+        Frame(Opcode.BINARY, big, True, 0),
+        Frame(Opcode.BINARY, other, False, 0),
+        Frame(Opcode.CONTINUATION, b"end", True, 0),
+        Frame(Opcode.PING, b"p", True, 0),
+    ]
+    assert parser.buffered == 0
+    # Only the first read and what follows the last big frame are read as usual:
+    # every other byte (payloads, the header after a big frame) came in place.
+    assert len(wire) - sum(size for _, size in into) <= chunk + len(tail)
+    assert (14, min(14, len(tail))) in into  # a header's room, after a big frame
+
+
+def test_parser_offers_no_buffer_for_frames_it_is_cheaper_to_read_in_bulk() -> None:
+    """Frames under RECEIVE_INTO_ABOVE come several per read (cheaper in system calls
+    than the copy saved); frames over RESERVE_AT_MOST are not reserved in advance."""
+    for length in [frames.RECEIVE_INTO_ABOVE - 1, frames.RESERVE_AT_MOST + 1]:
+        parser = FrameParser(expect_masked=False)
+        parser.feed(raw_frame(Opcode.BINARY, mask=False, length=length) + b"x" * 100)
+        assert parser.next_frame() is None
+        assert parser.receive_buffer() is None
+
+
+def test_parser_reserves_nothing_for_a_huge_announced_payload_without_a_limit() -> None:
+    """RFC 6455 §10.4: with no max_payload, a header announcing 2**62 bytes costs
+    only the bytes that actually arrive (reserving the length would be a memory bomb)."""
+    parser = FrameParser(expect_masked=True)
+    head = raw_frame(Opcode.BINARY, mask=True, length=2**62)
+    tracemalloc.start()
+    try:
+        parser.feed(head + bytes(1000))
+        assert parser.next_frame() is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000
+    assert parser.receive_buffer() is None
+
+
+def test_parser_takes_the_rest_of_a_frame_fed_after_offering_its_buffer() -> None:
+    """A reader may ignore receive_buffer() (the blocking face's TLS, say) and feed():
+    the frame still comes out whole, and the view it was offered is let go."""
+    big = os.urandom(frames.RECEIVE_INTO_ABOVE * 2)
+    wire = serialize_frame(Opcode.BINARY, big, mask=True) + serialize_frame(
+        Opcode.TEXT, b"next", mask=True
+    )
+    parser = FrameParser(expect_masked=True)
+    parser.feed(wire[:5000])
+    assert parser.next_frame() is None
+    buffer = parser.receive_buffer()
+    assert buffer is not None
+    buffer[:1000] = wire[5000:6000]
+    parser.received_into(1000)
+    assert parser.receive_buffer() is not None  # offered again, not used
+    parser.feed(wire[6000:])
+    assert parser.next_frame() == Frame(Opcode.BINARY, big, True, 0)
+    assert parser.next_frame() == Frame(Opcode.TEXT, b"next", True, 0)
+    buffer = parser.receive_buffer()  # room for the header after a big frame, alone
+    assert buffer is not None and len(buffer) == 14
+
+
+def test_parser_refuses_received_into_that_does_not_fit() -> None:
+    """received_into() counts bytes written into the buffer just offered: none, more
+    than was missing, or with no buffer offered is a bug in the reader, said at once."""
+    parser = FrameParser(expect_masked=False)
+    with pytest.raises(RuntimeError, match="receive_buffer"):
+        parser.received_into(10)
+    parser.feed(raw_frame(Opcode.BINARY, mask=False, length=frames.RECEIVE_INTO_ABOVE) + b"x")
+    assert parser.next_frame() is None
+    buffer = parser.receive_buffer()
+    assert buffer is not None
+    for size in [0, len(buffer) + 1]:
+        with pytest.raises(ValueError, match="missing"):
+            parser.received_into(size)
+
+
+def test_protocol_receives_a_big_message_in_place_until_the_peer_closes() -> None:
+    """A big message read into the protocol's buffer is the same event as one fed;
+    once the peer's close frame is in, nothing more is read into anything."""
+    server, client = Protocol(SERVER), Protocol(CLIENT)
+    big = os.urandom(frames.RECEIVE_INTO_ABOVE)
+    wire = client.send_binary(big)
+    assert server.receive_buffer() is None  # nothing to place yet: read as usual
+    assert server.receive_data(wire[:1000]) == []
+    buffer = server.receive_buffer()
+    assert buffer is not None
+    size = len(buffer)
+    buffer[:] = wire[1000:]
+    assert server.received_into(size) == [Message(big)]
+    assert server.receive_buffer() is not None  # the next header's room
+    events = server.receive_data(client.send_close(1000, "bye"))
+    assert [(event.code, event.reason) for event in events] == [(1000, "bye")]  # type: ignore[union-attr]
+    assert server.receive_buffer() is None
+
+
 def test_parser_refuses_a_big_frame_over_limit_before_collecting_it() -> None:
     """RFC 6455 §10.4: the limit applies to the header of a frame that would be collected."""
     parser = FrameParser(expect_masked=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -10,10 +11,10 @@ import pytest
 import trillium.core.mask as mask_module
 from trillium.core.mask import (
     ACCELERATED,
+    PayloadBuffer,
+    PyPayloadBuffer,
     apply_mask,
-    join_and_mask,
     py_apply_mask,
-    py_join_and_mask,
 )
 
 
@@ -112,32 +113,81 @@ def test_wrong_length_mask_raises_value_error_with_a_prefix(impl) -> None:  # ty
         impl(b"data", b"abc", b"prefix")
 
 
-JOIN_IMPLEMENTATIONS = python_and_accelerated(py_join_and_mask, join_and_mask)
+BUFFERS = python_and_accelerated(PyPayloadBuffer, PayloadBuffer)
 
 
-@pytest.mark.parametrize("impl", JOIN_IMPLEMENTATIONS)
+@pytest.mark.parametrize("buffer_class", BUFFERS)
 @pytest.mark.parametrize(
     "sizes", [[], [0], [1, 2, 3], [5, 0, 17, 3], [70_000, 1, 70_001], [4096] * 5]
 )
-def test_parts_are_masked_as_one_payload(impl, sizes: list[int]) -> None:  # type: ignore[no-untyped-def]
-    """RFC 6455 §5.3: a payload read in pieces of any length, masked with the key's
-    phase carried across the pieces, whatever buffers they are."""
+def test_a_payload_received_in_pieces_is_unmasked_in_place_as_one_payload(
+    buffer_class: Any, sizes: list[int]
+) -> None:
+    """RFC 6455 §5.3: a payload read in pieces of any length, each unmasked where it
+    landed, with the key's phase carried across the pieces."""
     data = bytes(range(256)) * (sum(sizes) // 256 + 1)
-    parts: list[bytes | bytearray | memoryview] = []
+    data = data[: sum(sizes)]
+    masked = reference(data, KEY)
+    payload = buffer_class(len(data))
     offset = 0
-    for i, n in enumerate(sizes):
-        piece = data[offset : offset + n]
-        parts.append((bytes, bytearray, memoryview)[i % 3](piece))
+    for n in sizes:
+        with memoryview(payload) as view:
+            view[offset : offset + n] = masked[offset : offset + n]
+        payload.unmask(offset, n, KEY)
         offset += n
-    joined = impl(parts, KEY)
-    assert type(joined) is bytes
-    assert joined == reference(data[:offset], KEY)
+    taken = payload.take()
+    assert type(taken) is bytes
+    assert taken == data
 
 
-@pytest.mark.parametrize("impl", JOIN_IMPLEMENTATIONS)
-def test_join_and_mask_checks_the_key_and_the_parts(impl) -> None:  # type: ignore[no-untyped-def]
-    """RFC 6455 §5.3: a 4-byte key; parts that aren't bytes-like raise TypeError."""
+@pytest.mark.parametrize("buffer_class", BUFFERS)
+def test_payload_buffer_checks_the_key_and_the_range(buffer_class: Any) -> None:
+    """RFC 6455 §5.3: a 4-byte key, and only bytes inside the payload."""
+    payload = buffer_class(8)
     with pytest.raises(ValueError, match="4 bytes"):
-        impl([b"data"], b"abc")
-    with pytest.raises(TypeError):
-        impl([b"data", 3], KEY)
+        payload.unmask(0, 4, b"abc")
+    for start, length in [(-1, 2), (0, -1), (5, 4)]:
+        with pytest.raises(ValueError, match="range"):
+            payload.unmask(start, length, KEY)
+    with pytest.raises(ValueError):
+        buffer_class(-1)
+
+
+@pytest.mark.skipif(not ACCELERATED, reason="C accelerator not built")
+def test_compiled_payload_buffer_hands_out_its_bytes_without_a_copy() -> None:
+    """The compiled buffer's storage is the bytes that take() returns: a 1 MiB payload
+    costs one allocation of 1 MiB, not two."""
+    size = 2**20
+    tracemalloc.start()
+    try:
+        payload = PayloadBuffer(size)
+        with memoryview(payload) as view:
+            view[:] = bytes(size)  # the one other allocation: what is written in
+        del view
+        tracemalloc.reset_peak()
+        before, _ = tracemalloc.get_traced_memory()
+        taken = payload.take()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(taken) == size
+    assert peak - before < 1024
+
+
+@pytest.mark.skipif(not ACCELERATED, reason="C accelerator not built")
+def test_compiled_payload_buffer_never_changes_bytes_it_handed_out() -> None:
+    """Bytes are immutable: no view may be out when take() hands them over, and none
+    can be made afterwards, so what recv() returned never changes under its owner."""
+    payload = PayloadBuffer(4)
+    view = memoryview(payload)
+    with pytest.raises(BufferError, match="views"):
+        payload.take()
+    view.release()
+    taken = payload.take()
+    with pytest.raises(BufferError, match="taken"):
+        memoryview(payload)
+    with pytest.raises(BufferError, match="taken"):
+        payload.unmask(0, 4, KEY)
+    with pytest.raises(BufferError, match="taken"):
+        payload.take()
+    assert len(taken) == 4

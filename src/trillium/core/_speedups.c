@@ -8,6 +8,8 @@
  * client's frame is built in one allocation and one pass over the payload: for big
  * messages the second copy (and the fresh pages it touches) costs as much as the
  * masking itself.
+ *
+ * PayloadBuffer(size) is a big frame's payload, received in place (see below).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -112,81 +114,170 @@ done:
     return result;
 }
 
-/* join_and_mask(parts, mask) -> bytes: the parts one after the other, masked as one
- * payload. A big frame arrives in many reads; joining them and then masking the
- * result would copy the payload twice, into two fresh allocations. */
-static PyObject *
-join_and_mask(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    Py_buffer mask;
-    PyObject *seq = NULL, *result = NULL;
-    Py_buffer *views = NULL;
-    Py_ssize_t count = 0, held = 0, total = 0;
+/* PayloadBuffer(size): a big frame's payload, written in place as it arrives.
+ *
+ * The reader receives straight into it (socket.recv_into on a writable view),
+ * unmasks each chunk in place while it is still in the cache, and take() hands out
+ * the finished payload as bytes with no copy: the storage *is* a bytes object, one
+ * nobody else can reach until take(). (A bytearray would cost one more copy of the
+ * whole payload to become the bytes that recv() returns.) Every view must be
+ * released before take(); afterwards no view can be made, so the bytes never change
+ * once they are out. Its pages are touched only as the payload arrives. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *bytes; /* NULL once taken */
+    Py_ssize_t exports;
+} PayloadBuffer;
 
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "join_and_mask() takes 2 arguments (parts, mask)");
+static PyObject *
+payload_buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Py_ssize_t size;
+    PayloadBuffer *self;
+    static char *kwlist[] = {"size", NULL};
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n:PayloadBuffer", kwlist, &size)) {
         return NULL;
     }
-    if (PyObject_GetBuffer(args[1], &mask, PyBUF_SIMPLE) < 0) {
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "PayloadBuffer size must not be negative");
+        return NULL;
+    }
+    /* A fresh object for any size but 0, whose shared empty bytes no view can change. */
+    self = (PayloadBuffer *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->bytes = PyBytes_FromStringAndSize(NULL, size);
+    if (self->bytes == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void
+payload_buffer_dealloc(PayloadBuffer *self)
+{
+    Py_XDECREF(self->bytes);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+payload_buffer_getbuffer(PayloadBuffer *self, Py_buffer *view, int flags)
+{
+    if (self->bytes == NULL) {
+        PyErr_SetString(PyExc_BufferError, "PayloadBuffer already taken");
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, PyBytes_AS_STRING(self->bytes),
+                          PyBytes_GET_SIZE(self->bytes), 0, flags) < 0) {
+        return -1;
+    }
+    self->exports++;
+    return 0;
+}
+
+static void
+payload_buffer_releasebuffer(PayloadBuffer *self, Py_buffer *view)
+{
+    self->exports--;
+}
+
+static PyObject *
+payload_buffer_unmask(PayloadBuffer *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t start, length;
+    Py_buffer mask;
+    unsigned char *p;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "unmask() takes 3 arguments (start, length, mask)");
+        return NULL;
+    }
+    if (self->bytes == NULL) {
+        PyErr_SetString(PyExc_BufferError, "PayloadBuffer already taken");
+        return NULL;
+    }
+    start = PyLong_AsSsize_t(args[0]);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    length = PyLong_AsSsize_t(args[1]);
+    if (length == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (start < 0 || length < 0 || start + length > PyBytes_GET_SIZE(self->bytes)) {
+        PyErr_SetString(PyExc_ValueError, "unmask() range outside the buffer");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[2], &mask, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
     if (mask.len != 4) {
+        PyBuffer_Release(&mask);
         PyErr_SetString(PyExc_ValueError, "mask must be 4 bytes");
-        goto done;
+        return NULL;
     }
-    seq = PySequence_Fast(args[0], "parts must be a sequence of bytes-like objects");
-    if (seq == NULL) {
-        goto done;
+    p = (unsigned char *)PyBytes_AS_STRING(self->bytes) + start;
+    if (length > RELEASE_GIL_ABOVE) {
+        /* Nobody else can reach the bytes before take(), which needs the GIL. */
+        PyThreadState *save = PyEval_SaveThread();
+        mask_into(p, p, length, (const unsigned char *)mask.buf, start & 3);
+        PyEval_RestoreThread(save);
     }
-    count = PySequence_Fast_GET_SIZE(seq);
-    views = PyMem_Calloc(count ? count : 1, sizeof(Py_buffer));
-    if (views == NULL) {
-        PyErr_NoMemory();
-        goto done;
+    else {
+        mask_into(p, p, length, (const unsigned char *)mask.buf, start & 3);
     }
-    for (; held < count; held++) {
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, held), &views[held],
-                               PyBUF_SIMPLE) < 0) {
-            goto done;
-        }
-        total += views[held].len;
-    }
-    result = PyBytes_FromStringAndSize(NULL, total);
-    if (result == NULL) {
-        goto done;
-    }
-    {
-        unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
-        const unsigned char *m = (const unsigned char *)mask.buf;
-        Py_ssize_t offset = 0;
-        PyThreadState *save = NULL;
-
-        if (total > RELEASE_GIL_ABOVE) {
-            save = PyEval_SaveThread();
-        }
-        for (Py_ssize_t i = 0; i < count; i++) {
-            mask_into(out + offset, (const unsigned char *)views[i].buf, views[i].len, m,
-                      offset & 3);
-            offset += views[i].len;
-        }
-        if (save != NULL) {
-            PyEval_RestoreThread(save);
-        }
-    }
-done:
-    for (Py_ssize_t i = 0; i < held; i++) {
-        PyBuffer_Release(&views[i]);
-    }
-    PyMem_Free(views);
-    Py_XDECREF(seq);
     PyBuffer_Release(&mask);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+payload_buffer_take(PayloadBuffer *self, PyObject *unused)
+{
+    PyObject *result = self->bytes;
+
+    if (result == NULL) {
+        PyErr_SetString(PyExc_BufferError, "PayloadBuffer already taken");
+        return NULL;
+    }
+    if (self->exports) {
+        PyErr_SetString(PyExc_BufferError, "PayloadBuffer still has views");
+        return NULL;
+    }
+    self->bytes = NULL;
     return result;
 }
 
+static PyMethodDef payload_buffer_methods[] = {
+    {"unmask", (PyCFunction)(void (*)(void))payload_buffer_unmask, METH_FASTCALL,
+     "unmask(start, length, mask)\n\nXOR bytes [start, start + length) in place with the "
+     "4-byte mask, as bytes of one payload masked from its first byte."},
+    {"take", (PyCFunction)payload_buffer_take, METH_NOARGS,
+     "take() -> bytes\n\nThe payload, without a copy; the buffer is done with."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyBufferProcs payload_buffer_as_buffer = {
+    (getbufferproc)payload_buffer_getbuffer,
+    (releasebufferproc)payload_buffer_releasebuffer,
+};
+
+static PyTypeObject PayloadBufferType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "trillium.core._speedups.PayloadBuffer",
+    .tp_basicsize = sizeof(PayloadBuffer),
+    .tp_dealloc = (destructor)payload_buffer_dealloc,
+    .tp_as_buffer = &payload_buffer_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "PayloadBuffer(size): a frame's payload written in place, then taken as bytes.",
+    .tp_methods = payload_buffer_methods,
+    .tp_new = payload_buffer_new,
+};
+
 static PyMethodDef speedups_methods[] = {
-    {"join_and_mask", (PyCFunction)(void (*)(void))join_and_mask, METH_FASTCALL,
-     "join_and_mask(parts, mask) -> bytes\n\n"
-     "The parts one after the other, XORed with the 4-byte mask as one payload."},
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
      "apply_mask(data, mask[, prefix]) -> bytes\n\n"
      "XOR data with the 4-byte mask repeated; prefix, if given, is copied in front."},
@@ -201,5 +292,20 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    return PyModule_Create(&speedups_module);
+    PyObject *module;
+
+    if (PyType_Ready(&PayloadBufferType) < 0) {
+        return NULL;
+    }
+    module = PyModule_Create(&speedups_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&PayloadBufferType);
+    if (PyModule_AddObject(module, "PayloadBuffer", (PyObject *)&PayloadBufferType) < 0) {
+        Py_DECREF(&PayloadBufferType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -39,7 +39,7 @@ import struct
 from dataclasses import dataclass
 
 from ..exceptions import PayloadTooBig, ProtocolError
-from .mask import apply_mask, join_and_mask
+from .mask import PayloadBuffer, apply_mask
 
 __all__ = [
     "MAX_CONTROL_PAYLOAD",
@@ -175,25 +175,38 @@ def _unmasked_header(b0: int, n: int) -> bytes:
     return _H64.pack(b0, 127, n)
 
 
-#: An incomplete frame whose payload is at least this long is collected as a list
-#: of the chunks read (see ``_Collecting``) rather than grown in one buffer.
+#: An incomplete frame whose payload is at least this long is collected in a buffer
+#: of its own (see ``_Collecting``) rather than grown with the parser's buffer.
 COLLECT_ABOVE = 16384
 
-#: Chunks shorter than this are gathered together while a frame is collected.
-_SMALL_PART = 8192
+#: A frame whose payload is at least this long is received in place: the reader
+#: writes the rest of it straight into its buffer (see ``FrameParser.receive_buffer``).
+#: Shorter ones come in the reader's usual reads, several frames at once, which
+#: costs fewer system calls than the copy it saves.
+RECEIVE_INTO_ABOVE = 262144
+
+#: The most a frame's header can make the parser set aside for its payload before
+#: the payload arrives. A longer frame (``max_size`` raised past it, or None) grows
+#: the parser's buffer as its bytes arrive, like a short one.
+RESERVE_AT_MOST = 16 * 2**20
+
+#: The longest frame header: two bytes, a 64-bit length and a masking key.
+_LONGEST_HEADER = 14
 
 
 class _Collecting:
     """A big frame whose header is parsed and whose payload is still arriving.
 
-    Growing one buffer read by read copies the payload again at every reallocation,
-    and slicing the frame out of it copies it once more; for a 1 MiB message that
-    was several megabytes of copying (and as many fresh pages to fault in) per
-    message. Keeping the chunks as they were read and joining them once the last
-    one is in costs a single copy (unmasking included: see ``join_and_mask``).
+    The payload gets a buffer of its size when the header is parsed (a
+    ``PayloadBuffer``, whose pages are touched only as bytes arrive). Each chunk goes
+    to its place in it and is unmasked there at once, while it is still in the
+    cache, and the finished buffer becomes the frame's payload without a copy.
+    Growing one buffer read by read instead copied the payload again at every
+    reallocation, and slicing the frame out of it once more: for a 1 MiB message,
+    several megabytes of copying per message.
     """
 
-    __slots__ = ("fin", "key", "missing", "opcode", "parts", "rsv")
+    __slots__ = ("filled", "fin", "in_place", "key", "missing", "opcode", "payload", "rsv", "view")
 
     def __init__(
         self,
@@ -208,30 +221,46 @@ class _Collecting:
         self.fin = fin
         self.rsv = rsv
         self.key = key
-        self.parts: list[bytes | bytearray | memoryview] = [first]
-        self.missing = missing  # payload bytes still to come
+        size = len(first) + missing
+        self.payload = PayloadBuffer(size)
+        self.in_place = size >= RECEIVE_INTO_ABOVE
+        self.view: memoryview | None = None  # the one receive_buffer() handed out
+        self.filled = 0  # payload bytes in place
+        self.missing = size  # payload bytes still to come
+        self.add(first)
 
     def add(self, data: bytes | memoryview) -> None:
         """One more chunk, all of it payload (``FrameParser`` cuts a chunk at the
-        frame's end), in a buffer nobody changes. Small ones are gathered into a
-        shared ``bytearray``: a peer that drips a big frame a few bytes per read
-        would otherwise make a list of objects many times the payload's size."""
-        parts = self.parts
-        if len(data) < _SMALL_PART:
-            last = parts[-1]
-            if type(last) is bytearray and len(last) < _SMALL_PART:
-                last += data
-            else:
-                parts.append(bytearray(data))
-        else:
-            parts.append(data)
-        self.missing -= len(data)
+        frame's end)."""
+        self.release()
+        size = len(data)
+        with memoryview(self.payload) as view:
+            view[self.filled : self.filled + size] = data
+        self.arrived(size)
+
+    def buffer(self) -> memoryview:
+        """Where the rest of the payload goes (the same view until bytes arrive)."""
+        if self.view is None:
+            with memoryview(self.payload) as whole:
+                self.view = whole[self.filled :]
+        return self.view
+
+    def release(self) -> None:
+        if self.view is not None:
+            self.view.release()
+            self.view = None
+
+    def arrived(self, size: int) -> None:
+        """``size`` more bytes are in place: unmask them."""
+        self.release()
+        if self.key is not None:
+            self.payload.unmask(self.filled, size, self.key)
+        self.filled += size
+        self.missing -= size
 
     def frame(self) -> Frame:
         """The whole frame, once nothing is missing."""
-        parts = self.parts
-        payload = b"".join(parts) if self.key is None else join_and_mask(parts, self.key)
-        return Frame(self.opcode, payload, self.fin, self.rsv)
+        return Frame(self.opcode, self.payload.take(), self.fin, self.rsv)
 
 
 class FrameParser:
@@ -246,7 +275,7 @@ class FrameParser:
     extensions claim; any other RSV bit fails the connection (§5.2).
     """
 
-    __slots__ = ("_buf", "_collecting", "_pos", "allowed_rsv", "expect_masked")
+    __slots__ = ("_buf", "_collecting", "_header", "_pos", "allowed_rsv", "expect_masked")
 
     def __init__(self, *, expect_masked: bool, allowed_rsv: int = 0) -> None:
         self.expect_masked = expect_masked
@@ -254,19 +283,70 @@ class FrameParser:
         self._buf: bytes | bytearray = b""
         self._pos = 0
         self._collecting: _Collecting | None = None
+        # Room for the next frame's header alone, offered by receive_buffer() right
+        # after a frame received in place.
+        self._header: bytearray | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet parsed into a frame."""
         buffered = len(self._buf) - self._pos
         if self._collecting is not None:
-            buffered += sum(map(len, self._collecting.parts))
+            buffered += self._collecting.filled
         return buffered
+
+    def receive_buffer(self) -> memoryview | None:
+        """Where the next bytes read from the network should go, when the parser has
+        a better place for them than a read's fresh ``bytes``; None when it hasn't
+        (read as usual and ``feed()`` them). Write into it (``socket.recv_into``),
+        then tell ``received_into()`` how many bytes came.
+
+        It is the rest of a big frame's payload (``RECEIVE_INTO_ABOVE``): the bytes
+        land where they stay, with no copy to collect them. Right after such a
+        frame it is room for just the next frame's header, so that if that frame is
+        big too, none of its payload lands in a read's bytes to be copied out.
+
+            >>> wire = serialize_frame(Opcode.BINARY, bytes(RECEIVE_INTO_ABOVE), mask=False)
+            >>> parser = FrameParser(expect_masked=False)
+            >>> parser.feed(wire[:1000])
+            >>> parser.next_frame() is None
+            True
+            >>> buffer = parser.receive_buffer()
+            >>> len(buffer) == len(wire) - 1000
+            True
+            >>> buffer[:] = wire[1000:]
+            >>> parser.received_into(len(buffer))
+            >>> len(parser.next_frame().payload) == RECEIVE_INTO_ABOVE
+            True
+            >>> len(parser.receive_buffer())  # the next header, alone
+            14
+        """
+        collecting = self._collecting
+        if collecting is not None:
+            return collecting.buffer() if collecting.in_place and collecting.missing else None
+        if self._header is not None and self._pos >= len(self._buf):
+            return memoryview(self._header)
+        return None
+
+    def received_into(self, size: int) -> None:
+        """``size`` bytes were written at the start of ``receive_buffer()``'s buffer."""
+        collecting = self._collecting
+        if collecting is not None and collecting.view is not None:
+            if not 0 < size <= collecting.missing:
+                raise ValueError(f"received_into({size}) with {collecting.missing} bytes missing")
+            collecting.arrived(size)
+        elif self._header is not None:
+            if not 0 < size <= _LONGEST_HEADER:
+                raise ValueError(f"received_into({size}) into a frame header's room")
+            self.feed(bytes(self._header[:size]))
+        else:
+            raise RuntimeError("received_into() without a buffer from receive_buffer()")
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes. A ``bytes`` object is kept as it is (and replaces
         a fully consumed buffer); any other buffer is copied, as its owner may reuse
         it."""
+        self._header = None
         if type(data) is not bytes:
             data = bytes(data)
         collecting = self._collecting
@@ -298,12 +378,14 @@ class FrameParser:
         Raises ProtocolError (1002) for malformed frames and PayloadTooBig (1009) for a
         data frame payload over ``max_payload`` bytes.
         """
-        if self._collecting is not None:
-            if self._collecting.missing:
+        collecting = self._collecting
+        if collecting is not None:
+            if collecting.missing:
                 return None
-            frame = self._collecting.frame()
             self._collecting = None
-            return frame
+            if collecting.in_place:
+                self._header = bytearray(_LONGEST_HEADER)
+            return collecting.frame()
         buf = self._buf
         pos = self._pos
         avail = len(buf) - pos
@@ -378,7 +460,7 @@ class FrameParser:
             offset += 4
         end = offset + length
         if end - pos > avail:
-            if length >= COLLECT_ABOVE:
+            if COLLECT_ABOVE <= length <= RESERVE_AT_MOST:
                 self._collect(op, bool(fin), rsv, key, offset, end)
             return None
         if key is not None:
@@ -400,7 +482,7 @@ class FrameParser:
     ) -> None:
         """Start collecting a big frame's payload chunk by chunk (see ``_Collecting``)."""
         buf = self._buf
-        first = memoryview(buf)[offset:] if isinstance(buf, bytes) else bytes(buf[offset:])
-        self._collecting = _Collecting(opcode, fin, rsv, key, first, end - len(buf))
+        with memoryview(buf) as view:
+            self._collecting = _Collecting(opcode, fin, rsv, key, view[offset:], end - len(buf))
         self._buf = b""
         self._pos = 0

@@ -12,14 +12,31 @@ integer, which is about 50 times slower at 1 MiB but has no per-byte Python loop
     b'Hello'
     >>> apply_mask(b"Hello", b"\\x37\\xfa\\x21\\x3d", b"head:")
     b'head:\\x7f\\x9fMQX'
+
+A big frame's payload is unmasked where it lands instead, chunk by chunk as the
+reads bring it, in a ``PayloadBuffer``:
+
+    >>> payload = PayloadBuffer(5)
+    >>> with memoryview(payload) as view:
+    ...     view[:2], view[2:] = b"\\x7f\\x9f", b"MQX"
+    >>> payload.unmask(0, 2, b"\\x37\\xfa\\x21\\x3d")
+    >>> payload.unmask(2, 3, b"\\x37\\xfa\\x21\\x3d")
+    >>> payload.take()
+    b'Hello'
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["ACCELERATED", "apply_mask", "join_and_mask", "py_apply_mask", "py_join_and_mask"]
+__all__ = [
+    "ACCELERATED",
+    "PayloadBuffer",
+    "PyPayloadBuffer",
+    "apply_mask",
+    "py_apply_mask",
+]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -40,11 +57,36 @@ def py_apply_mask(data: Buffer, mask: Buffer, prefix: Buffer = b"", /) -> bytes:
     return bytes(prefix) + masked.to_bytes(n, "little")
 
 
-def py_join_and_mask(parts: Sequence[Buffer], mask: Buffer, /) -> bytes:
-    """The parts one after the other, masked as one payload (a big frame's payload
-    arrives in many reads: the compiled version masks them into the result in one
-    pass, rather than joining them first)."""
-    return py_apply_mask(b"".join(parts), mask)
+class PyPayloadBuffer(bytearray):
+    """A big frame's payload, received in place: the reader writes each chunk into a
+    view of it, ``unmask()`` unmasks the chunk there, and ``take()`` returns the
+    payload as ``bytes``.
+
+    The compiled version's storage is the ``bytes`` object itself, so ``take()``
+    copies nothing. Here it is a bytearray, and ``take()`` costs a copy.
+    """
+
+    __slots__ = ()
+
+    def unmask(self, start: int, length: int, mask: Buffer, /) -> None:
+        """XOR ``length`` bytes from ``start`` with ``mask``, as bytes of a payload
+        masked from its first byte (the key turns with the offset)."""
+        if start < 0 or length < 0 or start + length > len(self):
+            raise ValueError("unmask() range outside the buffer")
+        phase = start & 3
+        key = bytes(mask[phase:]) + bytes(mask[:phase])
+        with memoryview(self) as view:
+            view[start : start + length] = py_apply_mask(view[start : start + length], key)
+
+    def take(self) -> bytes:
+        """The payload, as bytes."""
+        return bytes(self)
+
+
+class _PayloadBuffer(Protocol):
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def unmask(self, start: int, length: int, mask: Buffer, /) -> None: ...
+    def take(self) -> bytes: ...
 
 
 class _ApplyMask(Protocol):
@@ -52,11 +94,13 @@ class _ApplyMask(Protocol):
 
 
 apply_mask: _ApplyMask
-join_and_mask: Callable[[Sequence[Buffer], Buffer], bytes]
+PayloadBuffer: Callable[[int], _PayloadBuffer]
 try:
+    from ._speedups import PayloadBuffer as _CPayloadBuffer
     from ._speedups import apply_mask as _c_apply_mask
-    from ._speedups import join_and_mask as _c_join_and_mask
 except ImportError:  # no compiler at install time, or TRILLIUM_NO_EXTENSIONS=1
-    apply_mask, join_and_mask, ACCELERATED = py_apply_mask, py_join_and_mask, False
+    apply_mask, PayloadBuffer = py_apply_mask, PyPayloadBuffer
+    ACCELERATED = False
 else:
-    apply_mask, join_and_mask, ACCELERATED = _c_apply_mask, _c_join_and_mask, True
+    apply_mask, PayloadBuffer = _c_apply_mask, _CPayloadBuffer
+    ACCELERATED = True

@@ -229,6 +229,23 @@ class Protocol:
         self._parser.feed(data)
         return self._parse(_UNLIMITED if max_events is None else max_events)
 
+    def receive_buffer(self) -> memoryview | None:
+        """Where the next bytes read should go, or None: read as usual and pass them
+        to ``receive_data()``. A reader that can read into a buffer
+        (``socket.recv_into``) asks before each read: for a big frame's payload, the
+        bytes then land where they stay, with no copy to collect them (see
+        ``FrameParser.receive_buffer``). ``received_into()`` takes it from there.
+        """
+        if self.failure is not None or self.close_rcvd is not None:
+            return None
+        return self._parser.receive_buffer()
+
+    def received_into(self, size: int, *, max_events: int | None = None) -> list[Event]:
+        """``receive_data()`` for ``size`` bytes (at least one) written into the buffer
+        from ``receive_buffer()``. End of stream is still ``receive_data(b"")``."""
+        self._parser.received_into(size)
+        return self._parse(_UNLIMITED if max_events is None else max_events)
+
     def receive_buffered(self, *, max_events: int | None = None) -> list[Event]:
         """Parse on from where ``receive_data(..., max_events=...)`` paused (no new bytes).
 
