@@ -28,8 +28,8 @@ import trio
 from anyio.from_thread import start_blocking_portal
 
 import trillium
-from trillium.connection import _AsyncioStreamReader
-from trillium.core.frames import Opcode, serialize_frame
+from trillium.connection import _AsyncioInPlace, _AsyncioStreamReader
+from trillium.core.frames import RECEIVE_INTO_ABOVE, Opcode, serialize_frame
 from trillium.core.mask import ACCELERATED
 
 from ._support import (
@@ -279,13 +279,106 @@ def test_transport_reads_take_four_times_as_much_after_one_fills_its_buffer() ->
 
     transport = Transport()
     protocol = SimpleNamespace(read_queue=deque(), read_event=asyncio.Event())
-    _AsyncioStreamReader(transport, protocol, 2**20, lambda data: False)
+    _AsyncioStreamReader(transport, protocol, 2**20, lambda data: False, lambda: None)
     sizes = []
     for n in (500, 1000, 4000, 4000, 2500, 1000):
         protocol.data_received(bytes(n))
         sizes.append(transport.max_size)
     assert sizes == [1000, 4000, 4000, 4000, 1000, 4000]
     assert b"".join(protocol.read_queue) == bytes(13_000)  # every byte queued, in order
+
+
+async def test_transport_reads_a_big_payload_in_place_while_the_reader_waits() -> None:
+    """While a big frame's payload arrives and the reader waits, the socket transport
+    reads straight into the payload's buffer (its protocol is then ``_AsyncioInPlace``);
+    once frames are small again it reads the usual way, into anyio's protocol."""
+    connections: list[trillium.ServerConnection] = []
+    got: list[str | bytes] = []
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        connections.append(ws)
+        await echo_first(ws)
+        async for message in ws:
+            got.append(message)
+
+    def transport_protocol() -> object:
+        return connections[0].stream._transport.get_protocol()  # type: ignore[attr-defined]
+
+    payload = os.urandom(RECEIVE_INTO_ABOVE * 4)
+    wire = serialize_frame(Opcode.BINARY, payload, mask=True)
+    with trio.fail_after(TEST_TIMEOUT), asyncio_server(handler, max_size=None) as port:
+        client = await connect_once_waiting(port)
+        anyio_protocol = transport_protocol()
+        await client.send_bytes(wire[:100_000])
+        await wait_until(lambda: type(transport_protocol()) is _AsyncioInPlace)
+        await client.send_bytes(wire[100_000:])
+        await wait_until(lambda: len(got) == 1)
+        for i in range(3):  # small ones: read the usual way again
+            await client.send_frame(Opcode.TEXT, b"small %d" % i)
+        await wait_until(lambda: len(got) == 4)
+        assert got == [payload, "small 0", "small 1", "small 2"]
+        assert transport_protocol() is anyio_protocol
+        client.close()
+
+
+async def test_peer_vanishing_in_the_middle_of_a_payload_read_in_place_is_1006() -> None:
+    """The peer drops TCP while the transport reads a big payload in place: end of
+    stream reaches the connection as usual, which closes abnormally (1006)."""
+    outcome: list[int | None] = []
+    connections: list[trillium.ServerConnection] = []
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        connections.append(ws)
+        await echo_first(ws)
+        with pytest.raises(trillium.ConnectionClosedError):
+            await ws.recv()
+        outcome.append(ws.close_code)
+
+    wire = serialize_frame(Opcode.BINARY, bytes(RECEIVE_INTO_ABOVE * 4), mask=True)
+    with trio.fail_after(TEST_TIMEOUT), asyncio_server(handler, max_size=None) as port:
+        client = await connect_once_waiting(port)
+        await client.send_bytes(wire[:500_000])
+        await wait_until(
+            lambda: (
+                type(connections[0].stream._transport.get_protocol())  # type: ignore[attr-defined]
+                is _AsyncioInPlace
+            )
+        )
+        client.close()
+        await wait_until(lambda: bool(outcome))
+    assert outcome == [1006]
+
+
+def test_bytes_read_after_the_reader_stopped_waiting_go_the_usual_way() -> None:
+    """Should the reader stop waiting between the choice to read in place and the
+    read itself, the transport reads into a buffer of its own, whose bytes go to
+    anyio's protocol (queued for the reader, in order), and reading in place stops."""
+
+    class Transport(asyncio.Transport):
+        max_size = 1000
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.protocol: Any = None
+
+        def get_protocol(self) -> Any:
+            return self.protocol
+
+        def set_protocol(self, protocol: Any) -> None:
+            self.protocol = protocol
+
+    transport = Transport()
+    inner = SimpleNamespace(read_queue=deque(), read_event=asyncio.Event())
+    reader = _AsyncioStreamReader(transport, inner, 2**20, lambda data: False, lambda: None)
+    in_place = _AsyncioInPlace(reader, inner)
+    in_place.use(True)
+    assert transport.protocol is in_place
+    buffer = in_place.get_buffer(-1)
+    assert len(buffer) == 1000  # not parked: a buffer of its own
+    buffer[:5] = b"hello"
+    in_place.buffer_updated(5)
+    assert transport.protocol is inner
+    assert list(inner.read_queue) == [b"hello"]
 
 
 # --------------------------------------------------------------------------- writing

@@ -416,13 +416,20 @@ class _AsyncioStreamReader:
     the reader must look (reading is over, or must stop for now) does the reader
     wake, and ``receive`` returns None: no new bytes, parse what is buffered.
     Anything ``step`` raises is raised by ``receive``, in the reader task.
+
+    On a selector loop's socket transport, while the reader waits and the protocol
+    offers a buffer for what comes next (``place``: a big frame's payload, see
+    ``Protocol.receive_buffer``), the transport reads into it: the transport's
+    protocol is then ``_AsyncioInPlace``, and ``step`` gets the count of bytes read.
     """
 
     __slots__ = (
         "_error",
+        "_in_place",
         "_limit",
         "_look",
         "_parked",
+        "_place",
         "_protocol",
         "_queued",
         "_read_sizes",
@@ -436,12 +443,21 @@ class _AsyncioStreamReader:
         transport: asyncio.Transport,
         protocol: Any,
         limit: int,
-        step: Callable[[bytes], bool],
+        step: Callable[[bytes | int], bool],
+        place: Callable[[], memoryview | None],
     ) -> None:
         self._transport = transport
         self._protocol = protocol
         self._limit = limit
         self._step = step
+        self._place = place
+        # The transport's protocol while it reads in place (None: it never does).
+        self._in_place = (
+            _AsyncioInPlace(self, protocol)
+            if type(transport).__module__ == "asyncio.selector_events"
+            and hasattr(transport, "set_protocol")
+            else None
+        )
         self._queued = sum(map(len, protocol.read_queue))
         self._streak = 0
         self._parked = False  # the reader waits in __call__, nothing queued
@@ -463,21 +479,34 @@ class _AsyncioStreamReader:
             if transport.max_size != size:
                 transport.max_size = size
         if self._parked:
-            try:
-                look = self._step(bytes(data))
-            except Exception as exc:  # for the reader task to raise
-                self._error = exc
-                look = True
-            if look:
-                self._parked = False  # what comes next waits in the queue, in order
-                self._look = True
-                protocol.read_event.set()
+            self.take_turn(bytes(data))
             return
         protocol.read_queue.append(bytes(data))
         protocol.read_event.set()
         self._queued += len(data)
         if self._queued > self._limit:
             self._transport.pause_reading()
+
+    def take_turn(self, data: bytes | int) -> None:
+        """The reader's turn, in the transport's callback while the reader waits:
+        ``data`` read, or (an int) that many bytes read into the protocol's buffer."""
+        try:
+            look = self._step(data)
+        except Exception as exc:  # for the reader task to raise
+            self._error = exc
+            look = True
+        if look:
+            self._parked = False  # what comes next waits in the queue, in order
+            self._look = True
+            self._protocol.read_event.set()
+        in_place = self._in_place
+        if in_place is not None:
+            # The next read goes in place if the protocol has a place for it.
+            in_place.use(not look and self._place() is not None)
+
+    def buffer(self) -> memoryview | None:
+        """For ``_AsyncioInPlace``: where the transport reads, if in place."""
+        return self._place() if self._parked else None
 
     async def __call__(self, max_bytes: int) -> bytes | None:
         protocol = self._protocol
@@ -521,8 +550,71 @@ class _AsyncioStreamReader:
         return chunk
 
 
+class _AsyncioInPlace(asyncio.BufferedProtocol):
+    """The socket transport's protocol while it reads a big frame's payload in place.
+
+    A selector loop's socket transport reads with ``recv_into`` into the buffer its
+    protocol's ``get_buffer`` gives when that protocol is a ``BufferedProtocol``
+    (``set_protocol`` chooses). While the reader waits and the protocol offers a
+    place, this is the transport's protocol: it hands out that place, and tells the
+    reader how many bytes came. The rest (end of stream, loss of the connection,
+    write flow control) goes on to anyio's protocol, which is the transport's
+    protocol again as soon as there is no place to read into. Should the reader have
+    stopped waiting between the choice and the read, the bytes are read into a
+    buffer of their own and go the usual way.
+    """
+
+    __slots__ = ("_buffer", "_inner", "_placed", "_reader", "_transport")
+
+    def __init__(self, reader: _AsyncioStreamReader, inner: Any) -> None:
+        self._reader = reader
+        self._inner = inner
+        self._transport: Any = reader._transport
+        self._buffer: Any = None  # what get_buffer() gave
+        self._placed = False  # whether it is the protocol's
+
+    def use(self, on: bool) -> None:
+        """Make this (or anyio's protocol) the transport's protocol."""
+        transport = self._transport
+        if (transport.get_protocol() is self) is not on:
+            transport.set_protocol(self if on else self._inner)
+
+    def get_buffer(self, sizehint: int) -> memoryview | bytearray:
+        placed = self._reader.buffer()
+        self._placed = placed is not None
+        buffer = bytearray(self._transport.max_size) if placed is None else placed
+        self._buffer = buffer
+        return buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buffer, self._buffer = self._buffer, None
+        assert buffer is not None
+        if self._placed:
+            self._reader.take_turn(nbytes)
+        else:
+            self.use(False)
+            self._inner.data_received(bytes(buffer[:nbytes]))
+
+    def eof_received(self) -> bool | None:
+        self.use(False)
+        result: bool | None = self._inner.eof_received()
+        return result
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
 def _direct_reader(
-    stream: anyio.abc.ByteStream, limit: int, step: Callable[[bytes], bool]
+    stream: anyio.abc.ByteStream,
+    limit: int,
+    step: Callable[[bytes | int], bool],
+    place: Callable[[], memoryview | None],
 ) -> Callable[[int], Awaitable[bytes | None]]:
     """The reader's ``receive``: from the raw socket on plain trio socket streams
     (see ``_TrioSocketReader``), from the transport's queue on anyio's asyncio socket
@@ -539,7 +631,7 @@ def _direct_reader(
             and hasattr(protocol, "read_queue")
             and hasattr(protocol, "read_event")
         ):
-            return _AsyncioStreamReader(transport, protocol, limit, step)
+            return _AsyncioStreamReader(transport, protocol, limit, step, place)
     return stream.receive
 
 
@@ -1082,13 +1174,18 @@ class Connection:
             self._write(reply)
         return protocol.failure is not None or protocol.state is _CLOSED
 
-    def _step_in_callback(self, data: bytes) -> bool:
+    def _step_in_callback(self, data: bytes | int) -> bool:
         """``_step`` for asyncio's data callback, while the reader waits with nothing
         buffered. True when the reader must wake and look: reading is over, or must
         stop for now (the queue is full, or parsing paused at ``max_queue``)."""
         protocol = self.protocol
         assert protocol is not None
         return self._step(data) or protocol.paused or self._queue_full()
+
+    def _receive_buffer(self) -> memoryview | None:
+        """Where the protocol wants the next bytes read (``Protocol.receive_buffer``)."""
+        protocol = self.protocol
+        return None if protocol is None else protocol.receive_buffer()
 
     def _received(self, events: list[Event]) -> None:
         """Queue the messages parsed from one read for ``recv()``, all in one pass;
@@ -1123,7 +1220,9 @@ class Connection:
 
     def _make_receive(self) -> Callable[[int], Awaitable[bytes | None]]:
         """The reader task's ``receive(max_bytes)`` (see ``_direct_reader``)."""
-        return _direct_reader(self.stream, self._read_size, self._step_in_callback)
+        return _direct_reader(
+            self.stream, self._read_size, self._step_in_callback, self._receive_buffer
+        )
 
     def _close_wait(self) -> float:
         return self.close_timeout if self.close_timeout is not None else float("inf")
