@@ -304,6 +304,19 @@ def test_parser_offers_no_buffer_for_frames_it_is_cheaper_to_read_in_bulk() -> N
         assert parser.receive_buffer() is None
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_parser_reassembles_a_frame_longer_than_it_reserves(masked: bool) -> None:
+    """RFC 6455 §5.2: a frame over RESERVE_AT_MOST (max_size raised past it, or None)
+    is grown read by read rather than reserved at its header, and comes out whole."""
+    payload = os.urandom(frames.RESERVE_AT_MOST + 5)
+    wire = serialize_frame(Opcode.BINARY, payload, mask=masked)
+    wire += serialize_frame(Opcode.TEXT, b"after", mask=masked)
+    parser = FrameParser(expect_masked=masked)
+    got, into = receive_in_place(parser, wire, 2**20)
+    assert got == [Frame(Opcode.BINARY, payload, True, 0), Frame(Opcode.TEXT, b"after", True, 0)]
+    assert into == []  # nothing offered in place: no buffer of its own
+
+
 def test_parser_reserves_nothing_for_a_huge_announced_payload_without_a_limit() -> None:
     """RFC 6455 §10.4: with no max_payload, a header announcing 2**62 bytes costs
     only the bytes that actually arrive (reserving the length would be a memory bomb)."""

@@ -198,7 +198,8 @@ class _Collecting:
     """A big frame whose header is parsed and whose payload is still arriving.
 
     The payload gets a buffer of its size when the header is parsed (a
-    ``PayloadBuffer``, whose pages are touched only as bytes arrive). Each chunk goes
+    ``PayloadBuffer``; with the C accelerator its pages are touched only as bytes
+    arrive, see ``docs/security.md``). Each chunk goes
     to its place in it and is unmasked there at once, while it is still in the
     cache, and the finished buffer becomes the frame's payload without a copy.
     Growing one buffer read by read instead copied the payload again at every
@@ -232,7 +233,6 @@ class _Collecting:
     def add(self, data: bytes | memoryview) -> None:
         """One more chunk, all of it payload (``FrameParser`` cuts a chunk at the
         frame's end)."""
-        self.release()
         size = len(data)
         with memoryview(self.payload) as view:
             view[self.filled : self.filled + size] = data
@@ -246,6 +246,8 @@ class _Collecting:
         return self.view
 
     def release(self) -> None:
+        """Let go of the view ``buffer()`` handed out: the payload can't become
+        ``bytes`` while one is held, and bytes arriving make it stale."""
         if self.view is not None:
             self.view.release()
             self.view = None
