@@ -222,10 +222,15 @@ payload_buffer_unmask(PayloadBuffer *self, PyObject *const *args, Py_ssize_t nar
     }
     p = (unsigned char *)PyBytes_AS_STRING(self->bytes) + start;
     if (length > RELEASE_GIL_ABOVE) {
-        /* Nobody else can reach the bytes before take(), which needs the GIL. */
-        PyThreadState *save = PyEval_SaveThread();
+        /* Counted as a view meanwhile, so that take() from another thread fails
+         * rather than hand out bytes still changing. */
+        PyThreadState *save;
+
+        self->exports++;
+        save = PyEval_SaveThread();
         mask_into(p, p, length, (const unsigned char *)mask.buf, start & 3);
         PyEval_RestoreThread(save);
+        self->exports--;
     }
     else {
         mask_into(p, p, length, (const unsigned char *)mask.buf, start & 3);
