@@ -455,7 +455,6 @@ class _AsyncioStreamReader:
         self._in_place = (
             _AsyncioInPlace(self, protocol)
             if type(transport).__module__ == "asyncio.selector_events"
-            and hasattr(transport, "set_protocol")
             else None
         )
         self._queued = sum(map(len, protocol.read_queue))
@@ -502,7 +501,9 @@ class _AsyncioStreamReader:
         in_place = self._in_place
         if in_place is not None:
             # The next read goes in place if the protocol has a place for it.
-            in_place.use(not look and self._place() is not None)
+            on = not look and self._place() is not None
+            if on is not in_place.on:
+                in_place.use(on)
 
     def buffer(self) -> memoryview | None:
         """For ``_AsyncioInPlace``: where the transport reads, if in place."""
@@ -564,7 +565,7 @@ class _AsyncioInPlace(asyncio.BufferedProtocol):
     buffer of their own and go the usual way.
     """
 
-    __slots__ = ("_buffer", "_inner", "_placed", "_reader", "_transport")
+    __slots__ = ("_buffer", "_inner", "_placed", "_reader", "_transport", "on")
 
     def __init__(self, reader: _AsyncioStreamReader, inner: Any) -> None:
         self._reader = reader
@@ -572,12 +573,13 @@ class _AsyncioInPlace(asyncio.BufferedProtocol):
         self._transport: Any = reader._transport
         self._buffer: Any = None  # what get_buffer() gave
         self._placed = False  # whether it is the protocol's
+        self.on = False  # whether this is the transport's protocol
 
     def use(self, on: bool) -> None:
         """Make this (or anyio's protocol) the transport's protocol."""
-        transport = self._transport
-        if (transport.get_protocol() is self) is not on:
-            transport.set_protocol(self if on else self._inner)
+        if on is not self.on:
+            self.on = on
+            self._transport.set_protocol(self if on else self._inner)
 
     def get_buffer(self, sizehint: int) -> memoryview | bytearray:
         placed = self._reader.buffer()
