@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import tracemalloc
 from typing import Any
 
@@ -146,7 +147,7 @@ def test_payload_buffer_checks_the_key_and_the_range(buffer_class: Any) -> None:
     payload = buffer_class(8)
     with pytest.raises(ValueError, match="4 bytes"):
         payload.unmask(0, 4, b"abc")
-    for start, length in [(-1, 2), (0, -1), (5, 4)]:
+    for start, length in [(-1, 2), (0, -1), (5, 4), (9, 0), (5, sys.maxsize)]:
         with pytest.raises(ValueError, match="range"):
             payload.unmask(start, length, KEY)
     with pytest.raises(ValueError):

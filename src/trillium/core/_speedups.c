@@ -122,7 +122,8 @@ done:
  * nobody else can reach until take(). (A bytearray would cost one more copy of the
  * whole payload to become the bytes that recv() returns.) Every view must be
  * released before take(); afterwards no view can be made, so the bytes never change
- * once they are out. Its pages are touched only as the payload arrives. */
+ * once they are out. Its memory is not zeroed: its pages are touched only as the
+ * payload arrives. */
 typedef struct {
     PyObject_HEAD
     PyObject *bytes; /* NULL once taken */
@@ -143,11 +144,12 @@ payload_buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "PayloadBuffer size must not be negative");
         return NULL;
     }
-    /* A fresh object for any size but 0, whose shared empty bytes no view can change. */
     self = (PayloadBuffer *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
     }
+    /* Not zeroed: a fresh object for any size but 0 (the shared empty bytes, which
+     * a view of no bytes can't change). */
     self->bytes = PyBytes_FromStringAndSize(NULL, size);
     if (self->bytes == NULL) {
         Py_DECREF(self);
@@ -208,7 +210,8 @@ payload_buffer_unmask(PayloadBuffer *self, PyObject *const *args, Py_ssize_t nar
     if (length == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (start < 0 || length < 0 || start + length > PyBytes_GET_SIZE(self->bytes)) {
+    if (start < 0 || length < 0 || start > PyBytes_GET_SIZE(self->bytes) ||
+        length > PyBytes_GET_SIZE(self->bytes) - start) {
         PyErr_SetString(PyExc_ValueError, "unmask() range outside the buffer");
         return NULL;
     }
