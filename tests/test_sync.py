@@ -223,8 +223,9 @@ def test_send_waits_for_room_beyond_write_limit_and_keeps_order() -> None:
 
 
 def test_big_messages_arrive_whole_between_small_ones() -> None:
-    # Payloads of 256 KiB and more are read straight into their own buffer (see
-    # Protocol.receive_buffer); what follows each is read with its header alone.
+    # When a receiving caller reads the socket itself, payloads of 256 KiB and more
+    # are read straight into their own buffer (see Protocol.receive_buffer), and what
+    # follows each with its header alone; the trio thread's reader reads as usual.
     with (
         trio_server(max_size=None) as (url, _),
         trillium.Client.connect(url, max_message_size=None, max_queue=None) as ws,
