@@ -382,17 +382,17 @@ class _TrioSocketReader:
             return b""
         return data
 
-    def read_into(self, buffer: memoryview) -> int | None:
+    def read_into(self, buffer: memoryview) -> int | bytes | None:
         """A read into ``buffer`` (the protocol's: see ``Protocol.receive_buffer``):
-        how many bytes came, 0 at the end of the stream, None when the caller must
-        ``wait()`` first."""
+        how many bytes came, ``b""`` at the end of the stream (as ``read_ready``
+        says it), None when the caller must ``wait()`` first."""
         try:
             size: int = self._sock.recv_into(buffer)
         except BlockingIOError:
             return None
         except (OSError, ValueError):
-            return 0
-        return size
+            return b""
+        return size or b""
 
 
 class _AsyncioStreamReader:
@@ -1070,27 +1070,24 @@ class Connection:
                         data = None  # complete frames may be buffered: parse them first
                     elif self.initial_data:
                         data, self.initial_data = self.initial_data, b""
-                    elif direct is not None and (buffer := protocol.receive_buffer()) is not None:
-                        # A big frame's payload (or the header after one): read in
-                        # place. Likely there already, so read before waiting.
-                        size = direct.read_into(buffer)
-                        while size is None:
-                            try:
-                                await direct.wait()
-                            except _WAIT_ERRORS:
-                                size = 0
-                            else:
-                                size = direct.read_into(buffer)
-                        data = size or b""
                     elif direct is not None:
-                        data = direct.read_now(self._read_size)
+                        # A big frame's payload (or the header after one) is read in
+                        # place; likely there already, so it is read before waiting.
+                        buffer = protocol.receive_buffer()
+                        if buffer is None:
+                            data = direct.read_now(self._read_size)
+                        else:
+                            data = direct.read_into(buffer)
                         while data is None:
                             try:
                                 await direct.wait()
                             except _WAIT_ERRORS:
                                 data = b""
                             else:
-                                data = direct.read_ready(self._read_size)
+                                if buffer is None:
+                                    data = direct.read_ready(self._read_size)
+                                else:
+                                    data = direct.read_into(buffer)
                     else:
                         try:
                             data = await receive(self._read_size)
