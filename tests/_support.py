@@ -338,6 +338,21 @@ class _Settable(Protocol):
     def set(self) -> None: ...
 
 
+def sends_all(
+    messages: list[str | bytes], queued: _Settable
+) -> Callable[[trillium.ServerConnection], Awaitable[None]]:
+    """A handler that sends ``messages``, sets ``queued`` once all are queued, and
+    stays until the connection closes."""
+
+    async def handler(ws: trillium.ServerConnection) -> None:
+        for message in messages:
+            await ws.send(message)
+        queued.set()
+        await ws.wait_closed()
+
+    return handler
+
+
 def sends_big_messages(
     writing: _Settable, outcome: list[int | None]
 ) -> Callable[[trillium.ServerConnection], Awaitable[None]]:

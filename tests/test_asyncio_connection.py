@@ -45,6 +45,7 @@ from ._support import (
     send_big_frame_traced,
     send_rest,
     send_until_stalled,
+    sends_all,
     sends_big_messages,
     small_buffer_listener,
     wait_until,
@@ -391,12 +392,7 @@ async def test_big_messages_queued_behind_a_full_kernel_buffer_arrive_whole_and_
     in order."""
     messages = big_and_small_messages()
     queued = threading.Event()
-
-    async def handler(ws: trillium.ServerConnection) -> None:
-        for message in messages:
-            await ws.send(message)
-        queued.set()
-        await ws.wait_closed()
+    handler = sends_all(messages, queued)
 
     with trio.fail_after(TEST_TIMEOUT), asyncio_server(handler, write_limit=2**26) as port:
         client = await RawClient.connect(port, rcvbuf=4096)

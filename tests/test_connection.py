@@ -50,6 +50,7 @@ from ._support import (
     send_big_frame_traced,
     send_rest,
     send_until_stalled,
+    sends_all,
     sends_big_messages,
     serving,
     small_buffer_listener,
@@ -703,12 +704,7 @@ async def test_big_messages_queued_behind_a_full_kernel_buffer_arrive_whole_and_
     with trio.fail_after(TEST_TIMEOUT):
         messages = big_and_small_messages()
         queued = trio.Event()
-
-        async def handler(ws: trillium.ServerConnection) -> None:
-            for message in messages:
-                await ws.send(message)
-            queued.set()
-            await ws.wait_closed()
+        handler = sends_all(messages, queued)
 
         async with serving(handler, write_limit=2**26) as (server, _):
             client = await RawClient.connect(port_of(server), rcvbuf=4096)
